@@ -1,0 +1,458 @@
+"""The ``metareg`` command line.
+
+    metareg register --fixed F --moving M [--model NAME_OR_PATH | --method iterative] [--adapt-steps K] [--affine]
+                     [--warped OUT] [--field OUT.nii.gz] [--transform OUT.h5] [--fixed-landmarks L]
+                     [--moving-landmarks L] [--report OUT.json]
+    metareg evaluate --pairs PAIRS.csv --out-csv OUT.csv [...]
+    metareg models
+
+Errors in the inputs print one line naming the input and exit with status 2; nothing is written then. A run that fails
+or is interrupted leaves no partial outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .device import DEVICE_CHOICES
+from .errors import InputError, MetaRegError, OutputError
+from .imageio import atomic_output, check_same_dimension, read_image, write_image
+from .iterative import IterativeConfig
+from .landmarks import Landmarks, read_landmarks, write_landmarks
+from .losses import SIMILARITIES, LossConfig
+from .modelio import default_zoo_dir, load_model, read_index
+
+EXAMPLES = """\
+examples:
+  metareg register --fixed fixed.nii.gz --moving moving.nii.gz --method iterative \\
+                   --warped warped.nii.gz --field field.nii.gz --transform fixed_to_moving.h5 --report report.json
+  metareg register --fixed f.nrrd --moving m.nrrd --model brain-mr-3d --adapt-steps 5 --affine \\
+                   --fixed-landmarks f.mrk.json --moving-landmarks m.mrk.json --report report.json
+  metareg evaluate --pairs pairs.csv --method iterative --out-csv per_pair.csv --summary summary.json
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs: checked before any work, written all-or-nothing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class Outputs:
+    """The files a command will write: checked up front, then written; if one fails, the ones written are removed."""
+
+    def __init__(self) -> None:
+        self.planned: list[tuple[str, Path, Callable[[Path], None]]] = []
+
+    def add(self, option: str, path: str | None, writer: Callable[[Path], None]) -> None:
+        if path is None:
+            return
+        target = Path(path)
+        folder = target.parent
+        if target.is_dir():
+            raise OutputError(f"{option} {target}: is a folder (give a file name)")
+        if not folder.is_dir():
+            raise OutputError(f"{option} {target}: folder {folder} does not exist (create it first)")
+        self.planned.append((option, target, writer))
+
+    def check(self) -> None:
+        """Fail now, before the work, if any output folder cannot be written."""
+        for option, target, _ in self.planned:
+            with atomic_output(target, option) as temporary:
+                temporary.write_bytes(b"")
+            target.unlink()
+
+    def write(self) -> None:
+        written: list[Path] = []
+        try:
+            for option, target, writer in self.planned:
+                existed = target.exists()
+                writer(target)
+                if not existed:
+                    written.append(target)
+        except BaseException:
+            for target in written:
+                target.unlink(missing_ok=True)
+            raise
+
+
+def _write_json(data: dict, path: Path, option: str) -> None:
+    with atomic_output(path, option) as temporary:
+        temporary.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+
+
+def _write_transform(field: sitk.Image, path: Path, option: str) -> None:
+    from .geometry import field_to_transform
+
+    if not path.name.endswith((".h5", ".hdf5", ".tfm", ".txt")):
+        raise OutputError(f"{option} {path}: give an ITK transform file name ending in .h5 (or .tfm)")
+    with atomic_output(path, option) as temporary:
+        sitk.WriteTransform(field_to_transform(field), str(temporary))
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Progress
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """A tqdm bar fed with (fraction, message) callbacks; silent when ``enabled`` is False."""
+
+    def __init__(self, enabled: bool, description: str = "registering"):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, desc=description, unit="‰", leave=False, file=sys.stderr,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is not None:
+            self.bar.n = int(1000 * fraction)
+            self.bar.set_postfix_str(message, refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# register
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("method")
+    group.add_argument("--model", metavar="NAME_OR_PATH",
+                       help="a model of the zoo (see `metareg models`) or a .safetensors/.json model file")
+    group.add_argument("--method", choices=("network", "iterative"),
+                       help="'iterative' optimises the field directly, no network (default when --model is not "
+                            "given); 'network' needs --model")
+    group.add_argument("--adapt-steps", type=int, default=0, metavar="K",
+                       help="test-time adaptation: K optimisation steps of the network on this pair (default 0); the "
+                            "model file is never changed")
+    group.add_argument("--adapt-lr", type=float, default=None, metavar="RATE",
+                       help="Adam step size of the test-time adaptation (default: the model card's)")
+    group.add_argument("--affine", action="store_true",
+                       help="classical affine pre-alignment (SimpleITK, mutual information) before the deformable step")
+    group.add_argument("--diffeomorphic", action="store_true",
+                       help="iterative method: optimise a velocity field and integrate it (no folding)")
+    group.add_argument("--iterations", default=None, metavar="N,N,N",
+                       help="iterative method: steps per resolution level, coarse to fine (default 150,100,50)")
+    group.add_argument("--similarity", choices=sorted(SIMILARITIES), default=None,
+                       help="iterative method: similarity (lncc default; 'mi' for different contrasts, e.g. T1/T2)")
+    group.add_argument("--smoothness", type=float, default=None, metavar="WEIGHT",
+                       help="iterative method: weight of the smoothness (gradient L2) regulariser (default 1.0)")
+    group.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                       help="where torch runs: auto (GPU if present), cpu, cuda, mps (default auto)")
+
+
+def _iterative_config(args: argparse.Namespace) -> IterativeConfig:
+    defaults = IterativeConfig()
+    iterations = defaults.iterations
+    if args.iterations:
+        try:
+            iterations = tuple(int(v) for v in args.iterations.split(","))
+        except ValueError:
+            raise InputError(f"--iterations {args.iterations}", "must be comma-separated integers, e.g. 150,100,50")
+        if not iterations or min(iterations) < 0:
+            raise InputError(f"--iterations {args.iterations}", "needs non-negative step counts")
+    shrink = defaults.shrink_factors
+    if len(iterations) != len(shrink):
+        shrink = tuple(2**i for i in reversed(range(len(iterations))))
+    loss = LossConfig(
+        similarity=args.similarity or defaults.loss.similarity,
+        regulariser=defaults.loss.regulariser,
+        regulariser_weight=defaults.loss.regulariser_weight if args.smoothness is None else args.smoothness,
+        ncc_window=defaults.loss.ncc_window,
+    )
+    return IterativeConfig(shrink_factors=shrink, iterations=iterations, loss=loss, diffeomorphic=args.diffeomorphic,
+                           learning_rate=defaults.learning_rate)
+
+
+def _load_method(args: argparse.Namespace):
+    """The loaded model, or None for the iterative method."""
+    if args.method == "network" and not args.model:
+        raise InputError("--method network", "needs --model NAME_OR_PATH", "or use --method iterative")
+    if args.method == "iterative" and args.model:
+        raise InputError("--model with --method iterative", "the iterative method uses no model", "drop one of them")
+    if args.model:
+        from .errors import ModelError
+
+        try:
+            return load_model(args.model)
+        except ModelError as error:
+            raise InputError(f"--model {args.model}", str(error)) from None
+    if args.adapt_steps:
+        raise InputError("--adapt-steps", "test-time adaptation needs a network", "give --model, or drop --adapt-steps")
+    return None
+
+
+def _read_optional_landmarks(path: str | None, option: str) -> Landmarks | None:
+    return read_landmarks(path, name=option) if path else None
+
+
+def run_register(args: argparse.Namespace) -> int:
+    from .register import register
+
+    fixed = read_image(args.fixed, "--fixed")
+    moving = read_image(args.moving, "--moving")
+    check_same_dimension(fixed, moving, f"--fixed {args.fixed}", f"--moving {args.moving}")
+    fixed_landmarks = _read_optional_landmarks(args.fixed_landmarks, "--fixed-landmarks")
+    moving_landmarks = _read_optional_landmarks(args.moving_landmarks, "--moving-landmarks")
+    if (fixed_landmarks is None) != (moving_landmarks is None):
+        raise InputError("--fixed-landmarks/--moving-landmarks", "give both or neither")
+    if args.mapped_landmarks and fixed_landmarks is None:
+        raise InputError("--mapped-landmarks", "needs --fixed-landmarks")
+    model = _load_method(args)
+    outputs = Outputs()
+    result_box: dict = {}
+    outputs.add("--warped", args.warped, lambda p: write_image(result_box["result"].warped, p, "--warped"))
+    outputs.add("--field", args.field, lambda p: write_image(result_box["result"].field, p, "--field"))
+    outputs.add("--transform", args.transform, lambda p: _write_transform(result_box["result"].field, p, "--transform"))
+    outputs.add("--jacobian", args.jacobian, lambda p: write_image(result_box["result"].jacobian, p, "--jacobian"))
+    outputs.add("--mapped-landmarks", args.mapped_landmarks, lambda p: write_landmarks(result_box["mapped"], p))
+    outputs.add("--report", args.report, lambda p: _write_json(result_box["report"], p, "--report"))
+    outputs.check()
+
+    bar = ProgressBar(enabled=not args.quiet)
+    try:
+        result = register(
+            fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
+            affine=args.affine, iterative_config=None if model is not None else _iterative_config(args),
+            device=args.device, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, progress=bar,
+        )
+    finally:
+        bar.close()
+    report = {"fixed": str(args.fixed), "moving": str(args.moving), **result.report}
+    result_box.update(result=result, report=report)
+    if fixed_landmarks is not None and args.mapped_landmarks:
+        from .geometry import map_points
+
+        dim = fixed.GetDimension()
+        mapped = fixed_landmarks.points_lps.copy()
+        mapped[:, :dim] = map_points(result.field, fixed_landmarks.points_lps[:, :dim])
+        result_box["mapped"] = Landmarks(fixed_landmarks.labels, mapped)
+    outputs.write()
+    if not args.quiet:
+        print(_one_line(report))
+    return 0
+
+
+def _one_line(report: dict) -> str:
+    parts = [f"NCC {report['ncc_before']:.3f} → {report['ncc_after']:.3f}"]
+    if report.get("tre_before"):
+        parts.append(f"TRE {report['tre_before']['mean']:.2f} → {report['tre_after']['mean']:.2f} mm")
+    parts.append(f"folding {100 * report['folding_fraction']:.3f} %")
+    parts.append(f"{report['seconds']['total']:.1f} s on {report['device']}")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------------------------------
+
+PAIR_COLUMNS = ("fixed", "moving", "fixed_landmarks", "moving_landmarks")
+RESULT_COLUMNS = ("pair", "fixed", "moving", "status", "ncc_before", "ncc_after", "tre_before_mean_mm",
+                  "tre_after_mean_mm", "tre_after_median_mm", "tre_after_p90_mm", "tre_after_max_mm", "n_landmarks",
+                  "folding_fraction", "std_log_jacobian", "seconds", "error")
+
+
+def _read_pairs(path: str) -> list[dict]:
+    pairs_path = Path(path)
+    if not pairs_path.is_file():
+        raise InputError(f"--pairs {path}", "does not exist", "give a CSV with columns fixed,moving[,fixed_landmarks,"
+                                                              "moving_landmarks]")
+    with open(pairs_path, newline="") as handle:
+        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    if not rows or "fixed" not in rows[0] or "moving" not in rows[0]:
+        raise InputError(f"--pairs {path}", "needs a header with at least the columns fixed,moving")
+    base = pairs_path.parent
+
+    def resolve(value: str | None) -> str | None:
+        if not value:
+            return None
+        candidate = Path(value)
+        return str(candidate if candidate.is_absolute() else base / candidate)
+
+    return [{key: resolve(row.get(key)) for key in PAIR_COLUMNS} for row in rows]
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .register import register
+
+    pairs = _read_pairs(args.pairs)
+    model = _load_method(args)
+    outputs = Outputs()
+    box: dict = {}
+    outputs.add("--out-csv", args.out_csv, lambda p: _write_csv(box["rows"], p))
+    outputs.add("--summary", args.summary, lambda p: _write_json(box["summary"], p, "--summary"))
+    outputs.check()
+    rows = []
+    from tqdm import tqdm
+
+    for index, pair in enumerate(tqdm(pairs, desc="pairs", disable=args.quiet, file=sys.stderr)):
+        row = {"pair": index, "fixed": pair["fixed"], "moving": pair["moving"]}
+        try:
+            fixed = read_image(pair["fixed"], f"pair {index} fixed")
+            moving = read_image(pair["moving"], f"pair {index} moving")
+            check_same_dimension(fixed, moving, f"pair {index} fixed", f"pair {index} moving")
+            fl = read_landmarks(pair["fixed_landmarks"], f"pair {index} fixed_landmarks") if pair["fixed_landmarks"] else None
+            ml = read_landmarks(pair["moving_landmarks"], f"pair {index} moving_landmarks") if pair["moving_landmarks"] else None
+            result = register(
+                fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
+                affine=args.affine, iterative_config=None if model is not None else _iterative_config(args),
+                device=args.device, fixed_landmarks=fl, moving_landmarks=ml,
+            )
+        except MetaRegError as error:
+            row.update(status="error", error=str(error))
+            rows.append(row)
+            continue
+        report = result.report
+        row.update(status="ok", ncc_before=report["ncc_before"], ncc_after=report["ncc_after"],
+                   folding_fraction=report["folding_fraction"], std_log_jacobian=report["std_log_jacobian"],
+                   seconds=report["seconds"]["total"])
+        if report.get("tre_before"):
+            row.update(tre_before_mean_mm=report["tre_before"]["mean"], tre_after_mean_mm=report["tre_after"]["mean"],
+                       tre_after_median_mm=report["tre_after"]["median"], tre_after_p90_mm=report["tre_after"]["p90"],
+                       tre_after_max_mm=report["tre_after"]["max"], n_landmarks=report["tre_after"]["n"])
+        rows.append(row)
+    box["rows"] = rows
+    box["summary"] = summarise(rows)
+    outputs.write()
+    if not args.quiet:
+        print(json.dumps(_json_safe(box["summary"]), indent=2))
+    failed = sum(row["status"] != "ok" for row in rows)
+    return 1 if failed == len(rows) else 0
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean, sd and median of each numeric column over the pairs that succeeded."""
+    ok = [row for row in rows if row["status"] == "ok"]
+    summary: dict = {"pairs": len(rows), "succeeded": len(ok), "failed": len(rows) - len(ok)}
+    for column in RESULT_COLUMNS:
+        values = [row[column] for row in ok if isinstance(row.get(column), (int, float)) and column not in ("pair",)]
+        if values and column not in ("pair",):
+            summary[column] = {"mean": float(np.mean(values)), "sd": float(np.std(values)),
+                               "median": float(np.median(values))}
+    return summary
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    with atomic_output(path, "--out-csv") as temporary:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def run_models(args: argparse.Namespace) -> int:
+    zoo = Path(args.zoo) if args.zoo else default_zoo_dir()
+    entries = read_index(zoo)
+    if not entries:
+        print(f"The model zoo in {zoo} has no models yet. Use --method iterative, or --model PATH.safetensors.")
+        return 0
+    for entry in entries:
+        print(f"{entry.get('name', '?'):28s} {entry.get('dimension', '?')}D  {entry.get('purpose', '')}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metareg",
+        description="MetaRegistration: deformable registration of medical images with (meta-learned) networks or a "
+                    "classical iterative method. Fields are ITK displacement fields in LPS mm on the fixed image's "
+                    "grid: fixed point x maps to moving point x + d(x).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"metareg {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    reg = commands.add_parser("register", help="register one moving image to one fixed image",
+                              description="Register MOVING to FIXED and write any of: the warped moving image, the "
+                                          "displacement field, an ITK .h5 transform, the Jacobian map, a JSON report.",
+                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    inputs = reg.add_argument_group("inputs")
+    inputs.add_argument("--fixed", required=True, metavar="IMAGE", help="fixed image (NIfTI, NRRD, MHA, ... or a DICOM folder)")
+    inputs.add_argument("--moving", required=True, metavar="IMAGE", help="moving image, same dimension as --fixed")
+    inputs.add_argument("--fixed-landmarks", metavar="FILE", help="landmarks on the fixed image (.mrk.json, .fcsv, .csv)")
+    inputs.add_argument("--moving-landmarks", metavar="FILE", help="matching landmarks on the moving image (same labels)")
+    _add_method_arguments(reg)
+    out = reg.add_argument_group("outputs (each optional; written only if the whole run succeeds)")
+    out.add_argument("--warped", metavar="IMAGE", help="the moving image warped onto the fixed grid")
+    out.add_argument("--field", metavar="IMAGE", help="displacement field (vector image, LPS mm, fixed grid), e.g. .nii.gz")
+    out.add_argument("--transform", metavar="FILE.h5", help="the field as an ITK DisplacementFieldTransform (.h5)")
+    out.add_argument("--jacobian", metavar="IMAGE", help="Jacobian determinant map on the fixed grid")
+    out.add_argument("--mapped-landmarks", metavar="FILE", help="fixed landmarks mapped into the moving image")
+    out.add_argument("--report", metavar="OUT.json", help="machine-readable report: NCC, TRE, folding, seconds per stage")
+    reg.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+    reg.set_defaults(handler=run_register)
+
+    ev = commands.add_parser("evaluate", help="register many pairs from a CSV and summarise",
+                             description="Register every pair of a CSV (columns fixed,moving and optionally "
+                                         "fixed_landmarks,moving_landmarks; relative paths are relative to the CSV) "
+                                         "and write one row per pair plus a summary.")
+    ev.add_argument("--pairs", required=True, metavar="PAIRS.csv", help="the pair list")
+    _add_method_arguments(ev)
+    ev.add_argument("--out-csv", required=True, metavar="OUT.csv", help="per-pair results")
+    ev.add_argument("--summary", metavar="OUT.json", help="mean/sd/median of every metric over the pairs")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    ev.set_defaults(handler=run_evaluate)
+
+    models = commands.add_parser("models", help="list the models of the zoo")
+    models.add_argument("--zoo", metavar="DIR", help="zoo folder (default: the repository's models/ or $METAREG_MODEL_DIR)")
+    models.set_defaults(handler=run_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except MetaRegError as error:
+        print(f"metareg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"metareg {args.command}: interrupted; no outputs were written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

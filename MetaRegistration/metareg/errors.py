@@ -1,0 +1,42 @@
+"""Errors a user can act on.
+
+Every error raised for bad input names the input (a file path, a command-line option, a landmark label) and says what
+to do. The CLI turns a :class:`MetaRegError` into a one-line message and a non-zero exit code, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class MetaRegError(Exception):
+    """Base class of all errors the engine raises on purpose."""
+
+
+class InputError(MetaRegError):
+    """An input (file, image, landmark set, option) is missing, unreadable or unusable.
+
+    Args:
+        input_name: what the user gave, as they would recognise it (e.g. ``"--fixed /data/f.nii.gz"``).
+        problem: what is wrong with it.
+        hint: what to do about it (optional).
+    """
+
+    def __init__(self, input_name: str, problem: str, hint: str = ""):
+        self.input_name = input_name
+        self.problem = problem
+        self.hint = hint
+        message = f"{input_name}: {problem}"
+        if hint:
+            message += f" ({hint})"
+        super().__init__(message)
+
+
+class ModelError(MetaRegError):
+    """A model file or card is missing, tampered with (sha256 mismatch) or inconsistent."""
+
+
+class OutputError(MetaRegError):
+    """An output path cannot be written."""
+
+
+class Cancelled(MetaRegError):
+    """The user cancelled the run; nothing was written."""

@@ -1,0 +1,181 @@
+"""Model files: ``NAME.safetensors`` (weights) + ``NAME.json`` (the card), loaded without unpickling.
+
+A card is a JSON object that describes its model completely:
+
+``name``            the model's name
+``purpose``         one line for users
+``architecture``    the network config (:func:`metareg.networks.build_network`)
+``grid``            ``{"size": [x, y(, z)] | null, "spacing": [mm...] | null}``: the canonical model grid placed on the
+                    fixed image (null entries: derived from the fixed image, see
+                    :func:`metareg.geometry.model_grid_on_fixed`)
+``normalisation``   intensity preprocessing (:mod:`metareg.preprocess`)
+``loss``            the training loss (:class:`metareg.losses.LossConfig`), also used for test-time adaptation
+``adaptation``      optional defaults for test-time adaptation (``{"learning_rate": ...}``)
+``training``        provenance: data, steps, parent model, loss curve
+``metrics``         measured results, each with the command that measured them
+``sha256``          hex digest of the ``.safetensors`` file
+
+The zoo is a folder with ``index.json`` (``{"models": [{"name", "file", "sha256", ...}]}``) beside the model files:
+``models/`` of this repository, or the folder named by the environment variable ``METAREG_MODEL_DIR``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ModelError, OutputError
+from .networks import RegistrationNetwork, build_network
+
+CARD_FORMAT_VERSION = 1
+
+
+def default_zoo_dir() -> Path:
+    """``$METAREG_MODEL_DIR`` if set, else the repository's ``models/`` folder."""
+    env = os.environ.get("METAREG_MODEL_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "models"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    """A network rebuilt from its file, with its card and where it came from."""
+
+    network: RegistrationNetwork
+    card: dict[str, Any]
+    weights_path: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", self.weights_path.stem))
+
+
+def save_model(network: RegistrationNetwork, weights_path: str | Path, card: dict[str, Any]) -> Path:
+    """Write ``weights_path`` (.safetensors) and its card (same stem, .json); returns the card path.
+
+    The card's ``architecture`` and ``sha256`` are filled in from the network and the written file. Both files are
+    written to temporary names first and renamed, so a failure leaves no partial model.
+    """
+    weights_path = Path(weights_path)
+    if weights_path.suffix != ".safetensors":
+        raise OutputError(f"model file {weights_path}: must end in .safetensors")
+    if not weights_path.parent.is_dir() or not os.access(weights_path.parent, os.W_OK):
+        raise OutputError(f"model file {weights_path}: folder {weights_path.parent} does not exist or is not writable")
+    card_path = weights_path.with_suffix(".json")
+    tmp_weights = weights_path.with_name(f".{weights_path.name}.tmp")
+    tmp_card = card_path.with_name(f".{card_path.name}.tmp")
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+        save_file(state, str(tmp_weights), metadata={"format": "pt"})
+        full_card = {
+            "format_version": CARD_FORMAT_VERSION,
+            "name": weights_path.stem,
+            **card,
+            "architecture": dict(network.config),
+            "sha256": sha256_of(tmp_weights),
+        }
+        tmp_card.write_text(json.dumps(full_card, indent=2) + "\n")
+        os.replace(tmp_weights, weights_path)
+        os.replace(tmp_card, card_path)
+    finally:
+        for tmp in (tmp_weights, tmp_card):
+            tmp.unlink(missing_ok=True)
+    return card_path
+
+
+def _read_card(card_path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(card_path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"model card {card_path} is missing (every .safetensors file needs its .json card)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelError(f"model card {card_path} is not valid JSON: {error}") from None
+    for key in ("architecture", "sha256"):
+        if key not in card:
+            raise ModelError(f"model card {card_path} has no {key!r} entry")
+    return card
+
+
+def read_index(zoo_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The entries of the zoo's ``index.json`` (empty when the zoo has no index yet)."""
+    index_path = (zoo_dir or default_zoo_dir()) / "index.json"
+    if not index_path.exists():
+        return []
+    try:
+        return list(json.loads(index_path.read_text())["models"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ModelError(f"model index {index_path} is malformed: {error}") from None
+
+
+def resolve_model(name_or_path: str, zoo_dir: Path | None = None) -> tuple[Path, str | None]:
+    """The weights path of a model given as a file (``.safetensors`` or its ``.json`` card) or a zoo name.
+
+    Returns the path and the sha256 the zoo index expects (None for a plain file).
+    """
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".safetensors", ".json"):
+        if not candidate.exists():
+            raise ModelError(f"model file {candidate} does not exist")
+        return candidate.with_suffix(".safetensors"), None
+    zoo_dir = zoo_dir or default_zoo_dir()
+    entries = read_index(zoo_dir)
+    for entry in entries:
+        if entry.get("name") == name_or_path:
+            return zoo_dir / entry["file"], entry.get("sha256")
+    known = ", ".join(sorted(e.get("name", "?") for e in entries)) or "none yet"
+    raise ModelError(
+        f"unknown model {name_or_path!r}: not a .safetensors/.json file and not in the zoo {zoo_dir} "
+        f"(known models: {known}; `metareg models` lists them)"
+    )
+
+
+def load_model(name_or_path: str | Path, zoo_dir: Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model by zoo name or file path; checks the sha256 and rebuilds the network from its card.
+
+    Raises:
+        ModelError: unknown name, missing file or card, sha256 mismatch (tampered or corrupted file), weights that do
+            not fit the card's architecture.
+    """
+    weights_path, index_sha = resolve_model(str(name_or_path), zoo_dir)
+    if not weights_path.exists():
+        raise ModelError(f"model weights {weights_path} are missing")
+    card = _read_card(weights_path.with_suffix(".json"))
+    actual = sha256_of(weights_path)
+    for source, expected in (("its card", card["sha256"]), ("the zoo index", index_sha)):
+        if expected is not None and expected != actual:
+            raise ModelError(
+                f"model weights {weights_path} do not match the sha256 in {source} "
+                f"(expected {expected[:12]}…, file has {actual[:12]}…): the file is corrupted or was modified; "
+                "restore it from the repository or retrain it"
+            )
+    try:
+        network = build_network(card["architecture"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"model card {weights_path.with_suffix('.json')}: bad architecture: {error}") from None
+    try:
+        state = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelError(f"model weights {weights_path} cannot be read as safetensors: {error}") from None
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelError(f"model weights {weights_path} do not fit the card's architecture: {error}") from None
+    network.eval()
+    return LoadedModel(network=network.to(device), card=card, weights_path=weights_path)

@@ -1,0 +1,286 @@
+"""Register one pair: the pipeline behind ``metareg register``, the Slicer module and the benchmarks.
+
+fixed, moving (SimpleITK, any geometry)
+  → optional affine pre-alignment (SimpleITK, fixed → moving points)
+  → both resampled onto the model grid placed on the fixed image, intensities normalised as the card says
+  → voxel displacement from the network (optionally after K test-time adaptation steps on this pair) or from the
+    iterative method
+  → the exported field on the fixed image's own grid (:func:`metareg.geometry.network_displacement_to_field`)
+  → the original moving image warped through it, metrics, and a JSON-able report.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import metrics
+from .device import describe_device, resolve_device
+from .errors import Cancelled, InputError
+from .geometry import (
+    Grid,
+    field_to_transform,
+    image_to_tensor,
+    map_points,
+    model_grid_on_fixed,
+    network_displacement_to_field,
+    resample_onto,
+    warp_image,
+    warp_tensor,
+)
+from .iterative import IterativeConfig, register_iterative
+from .landmarks import Landmarks, match_landmarks
+from .losses import LossConfig, registration_loss
+from .modelio import LoadedModel
+from .prealign import affine_prealign
+from .preprocess import check_normalisation, intensity_window, normalise
+
+ProgressCallback = Callable[[float, str], None]
+
+#: The iterative method works on the fixed image's own grid, coarsened isotropically when it has more voxels than this.
+ITERATIVE_MAX_VOXELS = {2: 512 * 512, 3: 128**3}
+#: Default Adam step size of test-time adaptation when the model card gives none.
+DEFAULT_ADAPT_LEARNING_RATE = 1e-4
+
+
+@dataclass
+class RegistrationResult:
+    """What a registration produces.
+
+    Attributes:
+        field: displacement field, ``sitkVectorFloat64`` on the fixed image's grid, LPS mm, fixed x ↦ moving x + d(x).
+        warped: the original moving image resampled through ``field`` onto the fixed grid (float32).
+        jacobian: determinant of the Jacobian of ``x ↦ x + d(x)`` on the fixed grid.
+        report: JSON-able summary (metrics, TRE, timings, settings).
+        loss_curve: loss per optimisation step (iterative method or test-time adaptation); empty otherwise.
+        prealign: the affine pre-alignment (fixed → moving points) when one was run; already inside ``field``.
+    """
+
+    field: sitk.Image
+    warped: sitk.Image
+    jacobian: sitk.Image
+    report: dict
+    loss_curve: list[float] = field(default_factory=list)
+    prealign: sitk.Transform | None = None
+
+    @property
+    def transform(self) -> sitk.DisplacementFieldTransform:
+        """The field as an ITK transform (fixed → moving points); write it with ``sitk.WriteTransform``."""
+        return field_to_transform(self.field)
+
+
+class _Stages:
+    """Wall-clock seconds per stage, and progress over the whole run."""
+
+    def __init__(self, progress: ProgressCallback | None, weights: dict[str, float]):
+        self.seconds: dict[str, float] = {}
+        self.progress = progress
+        total = sum(weights.values())
+        self.spans: dict[str, tuple[float, float]] = {}
+        start = 0.0
+        for name, weight in weights.items():
+            self.spans[name] = (start, start + weight / total)
+            start += weight / total
+
+    def report(self, name: str, fraction: float, message: str) -> None:
+        if self.progress is not None:
+            lo, hi = self.spans.get(name, (0.0, 1.0))
+            self.progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
+
+    @contextmanager
+    def stage(self, name: str, message: str) -> Iterator[Callable[[float, str], None]]:
+        self.report(name, 0.0, message)
+        start = time.perf_counter()
+        yield lambda fraction, text: self.report(name, fraction, text)
+        self.seconds[name] = round(time.perf_counter() - start, 4)
+        self.report(name, 1.0, message)
+
+
+def iterative_grid(fixed: sitk.Image, max_voxels: int | None = None) -> Grid:
+    """The grid of the iterative method: the fixed image's grid, coarsened isotropically above ``max_voxels``."""
+    dim = fixed.GetDimension()
+    max_voxels = max_voxels or ITERATIVE_MAX_VOXELS[dim]
+    size = np.asarray(fixed.GetSize(), dtype=np.float64)
+    if size.prod() <= max_voxels:
+        return Grid.from_image(fixed)
+    factor = (size.prod() / max_voxels) ** (1.0 / dim)
+    return model_grid_on_fixed(fixed, size=[max(2, int(round(n / factor))) for n in size])
+
+
+def adapt_network(
+    network: torch.nn.Module,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    loss: LossConfig,
+    steps: int,
+    learning_rate: float,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[torch.nn.Module, list[float]]:
+    """Test-time adaptation: ``steps`` Adam steps on this one pair, on a *copy* of ``network``.
+
+    The network passed in is never changed. Returns the adapted copy (in eval mode) and the loss before each step.
+    """
+    adapted = copy.deepcopy(network)
+    adapted.train()
+    optimiser = torch.optim.Adam(adapted.parameters(), lr=learning_rate)
+    curve: list[float] = []
+    for step in range(steps):
+        if should_stop is not None and should_stop():
+            raise Cancelled("registration cancelled")
+        optimiser.zero_grad(set_to_none=True)
+        disp = adapted(moving, fixed)
+        value, _ = registration_loss(loss, fixed, warp_tensor(moving, disp), disp)
+        value.backward()
+        optimiser.step()
+        curve.append(float(value.detach()))
+        if progress is not None:
+            progress((step + 1) / steps, f"test-time adaptation {step + 1}/{steps}")
+    adapted.eval()
+    return adapted, curve
+
+
+def register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    *,
+    model: LoadedModel | None = None,
+    adapt_steps: int = 0,
+    adapt_learning_rate: float | None = None,
+    affine: bool = False,
+    iterative_config: IterativeConfig | None = None,
+    device: str = "auto",
+    fixed_landmarks: Landmarks | None = None,
+    moving_landmarks: Landmarks | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with a network (``model``) or, when ``model`` is None, the iterative method.
+
+    Args:
+        fixed, moving: images of the same dimension (2D or 3D), any spacing, origin and direction. Not modified.
+        model: a loaded model; None runs the iterative method with ``iterative_config``.
+        adapt_steps: test-time adaptation steps on this pair (network only); the model itself is never changed.
+        adapt_learning_rate: Adam step size of the adaptation (default: the card's, else 1e-4).
+        affine: run a classical affine pre-alignment first and compose it into the field.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        fixed_landmarks, moving_landmarks: optional, matched by label, for TRE before/after (mm).
+        progress: called with (fraction of the whole run in [0, 1], message).
+        should_stop: polled often; when it returns True the run raises :class:`Cancelled`.
+    """
+    dim = fixed.GetDimension()
+    if moving.GetDimension() != dim:
+        raise InputError("moving image", f"is {moving.GetDimension()}-D but the fixed image is {dim}-D",
+                         "register images of the same dimension")
+    if model is not None and int(model.network.dim) != dim:
+        raise InputError(f"model {model.name}", f"is a {model.network.dim}-D model but the images are {dim}-D",
+                         "pick a model of the images' dimension (`metareg models`) or --method iterative")
+    if model is None and adapt_steps:
+        raise InputError("--adapt-steps", "test-time adaptation needs a network", "give --model, or drop --adapt-steps")
+    if adapt_steps < 0:
+        raise InputError("--adapt-steps", f"must be >= 0, got {adapt_steps}")
+    matched = None
+    if fixed_landmarks is not None and moving_landmarks is not None:
+        matched = match_landmarks(fixed_landmarks, moving_landmarks)
+    torch_device = resolve_device(device)
+    started = time.perf_counter()
+    stages = _Stages(progress, {"prealign": 3.0 if affine else 0.0, "preprocess": 0.5, "adaptation": 4.0 if adapt_steps else 0.0,
+                                "registration": 4.0, "field": 0.5, "warp": 0.5, "metrics": 0.5})
+    loss_curve: list[float] = []
+
+    prealign = None
+    if affine:
+        with stages.stage("prealign", "affine pre-alignment") as report:
+            prealign = affine_prealign(fixed, moving, progress=report, should_stop=should_stop)
+
+    with stages.stage("preprocess", "resampling onto the model grid"):
+        if model is not None:
+            grid_spec = model.card.get("grid") or {}
+            grid = model_grid_on_fixed(fixed, size=grid_spec.get("size"), spacing=grid_spec.get("spacing"))
+            norm = check_normalisation(model.card.get("normalisation", {}))
+        else:
+            grid = iterative_grid(fixed)
+            norm = check_normalisation({})
+        fixed_t = normalise(image_to_tensor(resample_onto(fixed, grid)), intensity_window(fixed, norm["low"], norm["high"]))
+        moving_t = normalise(
+            image_to_tensor(resample_onto(moving, grid, prealign)), intensity_window(moving, norm["low"], norm["high"])
+        )
+        fixed_t, moving_t = fixed_t.to(torch_device), moving_t.to(torch_device)
+
+    if model is not None:
+        network = model.network.to(torch_device)
+        loss_config = LossConfig.from_dict(model.card.get("loss", {}))
+        if adapt_steps:
+            rate = adapt_learning_rate or (model.card.get("adaptation") or {}).get("learning_rate")
+            with stages.stage("adaptation", "test-time adaptation") as report:
+                network, loss_curve = adapt_network(
+                    network, fixed_t, moving_t, loss_config, adapt_steps, rate or DEFAULT_ADAPT_LEARNING_RATE,
+                    progress=report, should_stop=should_stop,
+                )
+        with stages.stage("registration", "network inference"), torch.no_grad():
+            if should_stop is not None and should_stop():
+                raise Cancelled("registration cancelled")
+            disp_vox = network(moving_t, fixed_t)
+    else:
+        config = iterative_config or IterativeConfig()
+        with stages.stage("registration", "iterative optimisation") as report:
+            disp_vox, loss_curve = register_iterative(fixed_t, moving_t, config, progress=report, should_stop=should_stop)
+
+    with stages.stage("field", "physical displacement field"):
+        displacement = network_displacement_to_field(disp_vox.cpu(), grid, fixed, prealign)
+    with stages.stage("warp", "warping the moving image"):
+        warped = warp_image(moving, displacement)
+    with stages.stage("metrics", "metrics"):
+        fixed_array = sitk.GetArrayViewFromImage(fixed).astype(np.float64)
+        moving_on_fixed = resample_onto(moving, Grid.from_image(fixed))
+        jacobian = metrics.jacobian_determinant(displacement)
+        report_dict = {
+            "method": "network" if model is not None else "iterative",
+            "model": model.name if model is not None else None,
+            "adapt_steps": int(adapt_steps),
+            "affine": bool(affine),
+            "device": describe_device(torch_device),
+            "dimension": dim,
+            "fixed_grid": _grid_dict(Grid.from_image(fixed)),
+            "model_grid": _grid_dict(grid),
+            "ncc_before": metrics.ncc(fixed_array, sitk.GetArrayViewFromImage(moving_on_fixed)),
+            "ncc_after": metrics.ncc(fixed_array, sitk.GetArrayViewFromImage(warped)),
+            **metrics.field_summary(displacement),
+        }
+        if model is None:
+            report_dict["iterative"] = (iterative_config or IterativeConfig()).to_dict()
+        if matched is not None:
+            report_dict.update(landmark_report(displacement, *matched, dim=dim))
+    stages.seconds["total"] = round(time.perf_counter() - started, 4)
+    report_dict["seconds"] = stages.seconds
+    report_dict["loss_curve"] = loss_curve
+    return RegistrationResult(displacement, warped, jacobian, report_dict, loss_curve, prealign)
+
+
+def landmark_report(
+    displacement: sitk.Image, labels: list[str], fixed_points: np.ndarray, moving_points: np.ndarray, dim: int
+) -> dict:
+    """TRE before (identity) and after (fixed landmark mapped through the field) in mm, per landmark and summarised."""
+    p = fixed_points[:, :dim]
+    q = moving_points[:, :dim]
+    before = metrics.landmark_distances_mm(p, q)
+    after = metrics.landmark_distances_mm(map_points(displacement, p), q)
+    return {
+        "tre_before": metrics.tre_summary(before),
+        "tre_after": metrics.tre_summary(after),
+        "landmarks": [
+            {"label": label, "tre_before_mm": float(b), "tre_after_mm": float(a)}
+            for label, b, a in zip(labels, before, after)
+        ],
+    }
+
+
+def _grid_dict(grid: Grid) -> dict:
+    return {"size": list(grid.size), "spacing_mm": [round(s, 6) for s in grid.spacing]}

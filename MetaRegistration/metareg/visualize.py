@@ -1,0 +1,128 @@
+"""Pictures of a registration: the checkerboard image and the one-page PNG report."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .geometry import Grid, resample_onto
+from .preprocess import intensity_window
+
+
+def _unit_window(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """``image`` scaled to [0, 1] by ``reference``'s 1–99 % intensity window, as float32 (clipped)."""
+    lo, hi = intensity_window(reference)
+    scaled = (sitk.Cast(image, sitk.sitkFloat32) - lo) / max(hi - lo, 1e-12)
+    return sitk.Clamp(scaled, sitk.sitkFloat32, 0.0, 1.0)
+
+
+def checkerboard(fixed: sitk.Image, warped: sitk.Image, squares: int = 8) -> sitk.Image:
+    """Alternating squares of ``fixed`` and ``warped`` on the fixed grid, each scaled to [0, 1] (float32).
+
+    ``squares`` is the number of squares along every axis. ``warped`` must be on the fixed grid.
+    """
+    if not Grid.from_image(fixed).same_as(Grid.from_image(warped)):
+        raise ValueError("the checkerboard needs the warped image on the fixed image's grid")
+    pattern = [int(squares)] * fixed.GetDimension()
+    return sitk.CheckerBoard(_unit_window(fixed, fixed), _unit_window(warped, warped), pattern)
+
+
+def _middle_slice(image: sitk.Image) -> np.ndarray:
+    """A 2D array to show: the image itself in 2D, its middle slice along the last index axis (k) in 3D."""
+    array = sitk.GetArrayFromImage(image)
+    return array[array.shape[0] // 2] if image.GetDimension() == 3 else array
+
+
+def _summary_lines(report: dict) -> list[str]:
+    lines = []
+    method = report.get("method", "?")
+    if method == "network":
+        lines.append(f"Method: network {report.get('model')} + {report.get('adapt_steps', 0)} adaptation steps")
+    else:
+        lines.append("Method: iterative optimisation of the field (no network)")
+    if report.get("affine"):
+        lines.append("Affine pre-alignment: yes")
+    lines.append(f"Device: {report.get('device', '?')}")
+    lines.append(f"NCC before → after: {report['ncc_before']:.3f} → {report['ncc_after']:.3f}")
+    if report.get("tre_before"):
+        before, after = report["tre_before"], report["tre_after"]
+        lines.append(
+            f"TRE (mm, {before['n']} landmarks) mean before → after: {before['mean']:.2f} → {after['mean']:.2f}"
+        )
+        lines.append(f"TRE after: median {after['median']:.2f}, p90 {after['p90']:.2f}, max {after['max']:.2f}")
+    lines.append(
+        f"Folding (|J| ≤ 0): {100 * report['folding_fraction']:.3f} %   std log|J|: {report['std_log_jacobian']:.3f}"
+    )
+    seconds = report.get("seconds", {})
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in seconds.items() if k != "total" and v >= 0.05)
+    lines.append(f"Seconds: total {seconds.get('total', float('nan')):.1f} ({parts})")
+    return lines
+
+
+def render_report_png(
+    path: str | Path,
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    warped: sitk.Image,
+    jacobian: sitk.Image,
+    report: dict,
+    title: str = "MetaRegistration",
+    note: str = "",
+) -> None:
+    """Write a one-page PNG: fixed, moving, warped, checkerboard, difference and Jacobian panels, and the numbers.
+
+    3D images are shown at the middle slice of the fixed grid (last index axis). The moving image is shown resampled
+    onto the fixed grid without any transform (what "before" means in the numbers).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    grid = Grid.from_image(fixed)
+    moving_on_fixed = resample_onto(moving, grid)
+    fixed_u = _middle_slice(_unit_window(fixed, fixed))
+    moving_u = _middle_slice(_unit_window(moving_on_fixed, moving))
+    warped_u = _middle_slice(_unit_window(warped, moving))
+    board = _middle_slice(checkerboard(fixed, warped))
+    jac = _middle_slice(jacobian)
+    # pixel aspect from the spacing of the two shown index axes (rows = j, columns = i)
+    aspect = grid.spacing[1] / grid.spacing[0]
+
+    fig, axes = plt.subplots(2, 4, figsize=(16, 8.6))
+    panels = [
+        (fixed_u, "Fixed", "gray", None),
+        (moving_u, "Moving (before)", "gray", None),
+        (warped_u, "Warped moving", "gray", None),
+        (board, "Checkerboard fixed / warped", "gray", None),
+        (fixed_u - moving_u, "Fixed − moving (before)", "RdBu_r", (-1, 1)),
+        (fixed_u - warped_u, "Fixed − warped (after)", "RdBu_r", (-1, 1)),
+    ]
+    for ax, (data, name, cmap, limits) in zip(axes.flat, panels):
+        vmin, vmax = limits or (0, 1)
+        ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", aspect=aspect, interpolation="nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    ax = axes.flat[6]
+    low, high = min(float(np.min(jac)), 0.99), max(float(np.max(jac)), 1.01)
+    shown = ax.imshow(jac, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=1.0, vmin=low, vmax=high), origin="lower",
+                      aspect=aspect, interpolation="nearest")
+    folds = np.ma.masked_where(jac > 0, np.ones_like(jac))
+    ax.imshow(folds, cmap="autumn", origin="lower", aspect=aspect, interpolation="nearest")
+    ax.set_title("Jacobian determinant (yellow: folding)")
+    ax.axis("off")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    ax = axes.flat[7]
+    ax.axis("off")
+    text = "\n".join(_summary_lines(report))
+    if note:
+        text += "\n\n" + "\n".join(textwrap.wrap(note, 52))
+    ax.text(0.0, 1.0, text, va="top", ha="left", fontsize=9.5, family="monospace", transform=ax.transAxes)
+    fig.suptitle(title, fontsize=14)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=90)
+    plt.close(fig)
