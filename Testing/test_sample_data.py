@@ -15,7 +15,8 @@ import SimpleITK as sitk
 
 from metareg.errors import InputError
 from metareg.landmarks import match_landmarks, read_landmarks
-from metareg.synthetic import invert_points, map_points, random_smooth_field, warp_image
+from metareg.geometry import map_points, warp_image
+from metareg.synthetic import invert_points, random_smooth_field
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 

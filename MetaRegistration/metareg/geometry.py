@@ -25,6 +25,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -375,8 +377,19 @@ def warp_image(
     return sitk.Resample(moving, field, field_to_transform(field), interpolator, float(default_value), pixel_type)
 
 
-def map_points(field: sitk.Image, points_lps: np.ndarray) -> np.ndarray:
-    """Map fixed points through the field: ``x ↦ x + d(x)`` (``d`` linearly interpolated), ``(N, dim)`` LPS mm."""
-    transform = field_to_transform(field)
+def map_points(
+    field: sitk.Image, points_lps: np.ndarray, transform: sitk.DisplacementFieldTransform | None = None
+) -> np.ndarray:
+    """Map points through the field: ``x ↦ x + d(x)`` (``d`` linearly interpolated, zero outside the field's grid).
+
+    Args:
+        field: displacement field (vector image, LPS mm).
+        points_lps: ``(N, dim)`` LPS mm.
+        transform: ``field_to_transform(field)`` when the caller already has it (saves a copy of the field).
+    """
     points = np.asarray(points_lps, dtype=np.float64)
-    return np.array([transform.TransformPoint(tuple(p)) for p in points]).reshape(points.shape)
+    dim = field.GetDimension()
+    if points.ndim != 2 or points.shape[1] != dim:
+        raise InputError("points", f"expected an (N, {dim}) array of LPS mm coordinates, got shape {points.shape}")
+    transform = transform or field_to_transform(field)
+    return np.array([transform.TransformPoint(tuple(p)) for p in points], dtype=np.float64).reshape(points.shape)

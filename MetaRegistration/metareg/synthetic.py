@@ -5,8 +5,8 @@ are physical LPS millimetres, on a grid with its own size, spacing, origin and d
 grid's space to ``x + d(x)``; between voxel centres ``d`` is interpolated linearly (ITK's
 ``DisplacementFieldTransform``), and it is zero outside the grid.
 
-This module generates and applies *known* fields. The warp of a registration's output lives in
-:mod:`metareg.geometry`; this is only the ground-truth generator.
+This module generates and inverts *known* fields; applying a field (to images or points) is
+:mod:`metareg.geometry`'s ``warp_image`` and ``map_points``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from metareg.errors import InputError
+from metareg.geometry import field_to_transform, map_points
 
-__all__ = ["random_smooth_field", "warp_image", "map_points", "invert_points"]
+__all__ = ["random_smooth_field", "invert_points"]
 
 
 def random_smooth_field(
@@ -71,62 +72,6 @@ def random_smooth_field(
     return scaled
 
 
-def _field_transform(field: sitk.Image) -> sitk.DisplacementFieldTransform:
-    """A DisplacementFieldTransform over a private copy of ``field`` (the transform takes the image it is given)."""
-    if field.GetNumberOfComponentsPerPixel() != field.GetDimension():
-        raise InputError(
-            "displacement field",
-            f"has {field.GetNumberOfComponentsPerPixel()} components per voxel on a {field.GetDimension()}D grid",
-            "a displacement field needs one vector component per image axis",
-        )
-    own_copy = sitk.Cast(sitk.Image(field), sitk.sitkVectorFloat64)
-    return sitk.DisplacementFieldTransform(own_copy)
-
-
-def warp_image(
-    image: sitk.Image, field: sitk.Image, interpolator=sitk.sitkLinear, default_value: float = 0.0
-) -> sitk.Image:
-    """Resample ``image`` through ``field``: ``out(x) = image(x + d(x))`` for ``x`` at the field's voxel centres.
-
-    Args:
-        image: the image to warp (any pixel type SimpleITK resamples), on its own grid.
-        field: displacement field (vector image, LPS mm); the output has its grid. It is not modified.
-        interpolator: a SimpleITK interpolator enum for sampling ``image``.
-        default_value: intensity where ``x + d(x)`` falls outside ``image``.
-
-    Returns:
-        Image on the field's grid with ``image``'s pixel type.
-    """
-    if image.GetDimension() != field.GetDimension():
-        raise InputError(
-            "image", f"is {image.GetDimension()}D but the displacement field is {field.GetDimension()}D"
-        )
-    transform = _field_transform(field)
-    return sitk.Resample(image, field, transform, interpolator, float(default_value), image.GetPixelID())
-
-
-def _as_points(points_lps: np.ndarray, dim: int) -> np.ndarray:
-    points = np.asarray(points_lps, dtype=np.float64)
-    if points.ndim != 2 or points.shape[1] != dim:
-        raise InputError("points", f"expected an (N, {dim}) array of LPS mm coordinates, got shape {points.shape}")
-    return points
-
-
-def map_points(field: sitk.Image, points_lps: np.ndarray) -> np.ndarray:
-    """Map points through the field: ``x -> x + d(x)``, with ``d`` interpolated linearly (zero outside the grid).
-
-    Args:
-        field: displacement field (vector image, LPS mm).
-        points_lps: (N, dim) physical LPS points in mm.
-
-    Returns:
-        (N, dim) float64 array of mapped LPS points in mm.
-    """
-    points = _as_points(points_lps, field.GetDimension())
-    transform = _field_transform(field)
-    return np.array([transform.TransformPoint(tuple(p)) for p in points], dtype=np.float64).reshape(points.shape)
-
-
 def invert_points(
     field: sitk.Image, points_lps: np.ndarray, iterations: int = 50, tol_mm: float = 1e-6
 ) -> np.ndarray:
@@ -147,12 +92,11 @@ def invert_points(
     Raises:
         InputError: if some point has not converged after ``iterations`` steps.
     """
-    targets = _as_points(points_lps, field.GetDimension())
-    transform = _field_transform(field)
+    targets = np.asarray(points_lps, dtype=np.float64)
+    transform = field_to_transform(field)
 
     def displacement(points: np.ndarray) -> np.ndarray:
-        mapped = np.array([transform.TransformPoint(tuple(p)) for p in points], dtype=np.float64)
-        return mapped.reshape(points.shape) - points
+        return map_points(field, points, transform) - points
 
     solution = targets.copy()
     for _ in range(iterations + 1):

@@ -40,7 +40,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "MetaRegistration"))
 
 from metareg.landmarks import Landmarks, read_landmarks, write_landmarks  # noqa: E402
-from metareg.synthetic import invert_points, map_points, random_smooth_field, warp_image  # noqa: E402
+from metareg.geometry import map_points, warp_image
+from metareg.synthetic import invert_points, random_smooth_field  # noqa: E402
 
 SOURCES = {
     "autoafids": {
