@@ -13,10 +13,14 @@ or is interrupted leaves no partial outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,7 +32,7 @@ from .device import DEVICE_CHOICES
 from .errors import InputError, MetaRegError, OutputError
 from .imageio import atomic_output, check_same_dimension, read_image, write_image
 from .iterative import IterativeConfig
-from .landmarks import Landmarks, read_landmarks, write_landmarks
+from .landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
 from .losses import SIMILARITIES, LossConfig
 from .modelio import default_zoo_dir, load_model, read_index
 
@@ -62,27 +66,60 @@ class Outputs:
             raise OutputError(f"{option} {target}: is a folder (give a file name)")
         if not folder.is_dir():
             raise OutputError(f"{option} {target}: folder {folder} does not exist (create it first)")
+        for other, planned, _ in self.planned:
+            if planned.resolve() == target.resolve():
+                raise OutputError(f"{option} {target}: is also given as {other} (give each output its own file)")
         self.planned.append((option, target, writer))
 
     def check(self) -> None:
-        """Fail now, before the work, if any output folder cannot be written."""
+        """Fail now, before the work, if any output folder cannot be written. Existing files are not touched."""
         for option, target, _ in self.planned:
-            with atomic_output(target, option) as temporary:
-                temporary.write_bytes(b"")
-            target.unlink()
+            folder = target.parent
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise OutputError(f"{option} {target}: folder {folder} is not writable (choose another folder)")
+            try:
+                tempfile.TemporaryDirectory(prefix=f".{target.name}.", suffix=".partial", dir=folder).cleanup()
+            except OSError as error:
+                raise OutputError(f"{option} {target}: cannot write in {folder} ({error.strerror or error})") from error
 
     def write(self) -> None:
-        written: list[Path] = []
+        """Write every planned output; if one fails, remove what was written and put back the files it replaced."""
+        kept: list[tuple[Path, Path]] = []  # (output that existed, hidden link to its old file)
+        created: list[Path] = []  # new files, companions included (the .zraw of a .mhd)
         try:
             for option, target, writer in self.planned:
-                existed = target.exists()
-                writer(target)
-                if not existed:
-                    written.append(target)
+                if target.exists():
+                    kept.append((target, _keep(target, option)))
+                present = set(target.parent.iterdir())
+                try:
+                    writer(target)
+                finally:
+                    created += [path for path in set(target.parent.iterdir()) - present if path.is_file()]
         except BaseException:
-            for target in written:
-                target.unlink(missing_ok=True)
+            for path in created:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            for target, old in kept:
+                with contextlib.suppress(OSError):
+                    os.replace(old, target)
             raise
+        finally:
+            for _, old in kept:
+                shutil.rmtree(old.parent, ignore_errors=True)
+
+
+def _keep(target: Path, option: str) -> Path:
+    """A hidden hard link (or copy) of ``target`` beside it, to restore it if a later output fails."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        kept = folder / target.name
+        try:
+            os.link(target, kept)
+        except OSError:
+            shutil.copy2(target, kept)
+    except OSError as error:
+        raise OutputError(f"{option} {target}: cannot write in {target.parent} ({error.strerror or error})") from error
+    return kept
 
 
 def _write_json(data: dict, path: Path, option: str) -> None:
@@ -90,11 +127,15 @@ def _write_json(data: dict, path: Path, option: str) -> None:
         temporary.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
 
 
+def _check_transform_name(path: str | Path, option: str) -> None:
+    if not Path(path).name.endswith((".h5", ".hdf5", ".tfm", ".txt")):
+        raise OutputError(f"{option} {path}: give an ITK transform file name ending in .h5 (or .tfm)")
+
+
 def _write_transform(field: sitk.Image, path: Path, option: str) -> None:
     from .geometry import field_to_transform
 
-    if not path.name.endswith((".h5", ".hdf5", ".tfm", ".txt")):
-        raise OutputError(f"{option} {path}: give an ITK transform file name ending in .h5 (or .tfm)")
+    _check_transform_name(path, option)
     with atomic_output(path, option) as temporary:
         sitk.WriteTransform(field_to_transform(field), str(temporary))
 
@@ -226,7 +267,16 @@ def run_register(args: argparse.Namespace) -> int:
         raise InputError("--fixed-landmarks/--moving-landmarks", "give both or neither")
     if args.mapped_landmarks and fixed_landmarks is None:
         raise InputError("--mapped-landmarks", "needs --fixed-landmarks")
+    if fixed_landmarks is not None:
+        match_landmarks(fixed_landmarks, moving_landmarks, f"--fixed-landmarks {args.fixed_landmarks}",
+                        f"--moving-landmarks {args.moving_landmarks}")
     model = _load_method(args)
+    if model is not None and int(model.network.dim) != fixed.GetDimension():
+        raise InputError(f"--model {args.model}",
+                         f"is a {model.network.dim}-D model but the images are {fixed.GetDimension()}-D",
+                         "pick a model of the images' dimension (`metareg models`) or --method iterative")
+    if args.transform:
+        _check_transform_name(args.transform, "--transform")
     outputs = Outputs()
     result_box: dict = {}
     outputs.add("--warped", args.warped, lambda p: write_image(result_box["result"].warped, p, "--warped"))

@@ -35,7 +35,11 @@ def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
 
 
 def local_ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
-    """``1 − mean local squared NCC`` over ``window``-voxel windows (VoxelMorph's windowed NCC); 0 = perfect."""
+    """``1 − mean local squared NCC`` over ``window``-voxel windows (VoxelMorph's windowed NCC).
+
+    Near 0 for a perfect match of textured images. Windows whose variance product is below ``eps`` (flat background)
+    count as uncorrelated, a constant offset that does not depend on the alignment.
+    """
     if window % 2 == 0:
         raise ValueError(f"the NCC window must be odd, got {window}")
     channels = fixed.shape[1]

@@ -1,0 +1,247 @@
+"""Registration end to end: the iterative method on known warps of real images, networks, model files, adaptation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from metareg import losses
+from metareg.errors import Cancelled, ModelError
+from metareg.geometry import Grid, affine_to_field, map_points, warp_image, warp_tensor
+from metareg.iterative import IterativeConfig
+from metareg.landmarks import Landmarks, read_landmarks
+from metareg.modelio import load_model, save_model, sha256_of
+from metareg.networks import build_network
+from metareg.register import landmark_report, register
+from metareg.synthetic import invert_points, random_smooth_field
+
+
+@pytest.fixture(scope="module")
+def brain2d_known_warp(sample_dir):
+    """A real 2D brain slice and a smooth synthetic deformation of it, with 40 landmarks inside the brain."""
+    fixed = sitk.ReadImage(str(sample_dir / "brain2d_fixed.nii.gz"))
+    truth = random_smooth_field(fixed, max_displacement_mm=5.0, control_spacing_mm=40.0, seed=7)
+    moving = warp_image(fixed, truth)  # moving(y) = fixed(y + e(y))
+    grid = Grid.from_image(fixed)
+    array = sitk.GetArrayFromImage(fixed)
+    rng = np.random.default_rng(3)
+    candidates = np.argwhere(array > np.percentile(array, 60))  # (row, col) = (j, i)
+    chosen = candidates[rng.choice(len(candidates), 40, replace=False)]
+    p = grid.index_to_physical(chosen[:, ::-1].astype(float))
+    q = invert_points(truth, p)  # the moving point that shows fixed point p: q + e(q) = p
+    labels = tuple(f"L{i}" for i in range(len(p)))
+    return fixed, moving, Landmarks(labels, np.c_[p, np.zeros(len(p))]), Landmarks(labels, np.c_[q, np.zeros(len(q))])
+
+
+def test_iterative_recovers_a_known_2d_warp_below_one_voxel(brain2d_known_warp):
+    fixed, moving, fixed_landmarks, moving_landmarks = brain2d_known_warp
+    result = register(fixed, moving, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, device="cpu")
+    report = result.report
+    assert report["tre_before"]["mean"] > 2.0  # the warp is not trivial
+    assert report["tre_after"]["mean"] < 1.0  # below one voxel (1 mm)
+    assert report["ncc_after"] > report["ncc_before"]
+    assert report["folding_fraction"] == 0.0
+    first_level = IterativeConfig().iterations[0]
+    assert len(result.loss_curve) == sum(IterativeConfig().iterations)
+    assert result.loss_curve[first_level - 1] < result.loss_curve[0]
+
+
+@pytest.fixture(scope="module")
+def brain3d_result(sample_dir):
+    fixed = sitk.ReadImage(str(sample_dir / "brain3d_fixed_T1.nii.gz"))
+    moving = sitk.ReadImage(str(sample_dir / "brain3d_moving_T1.nii.gz"))
+    fl = read_landmarks(sample_dir / "brain3d_fixed_landmarks.mrk.json")
+    ml = read_landmarks(sample_dir / "brain3d_moving_landmarks.mrk.json")
+    before = (sitk.GetArrayFromImage(fixed).copy(), sitk.GetArrayFromImage(moving).copy())
+    fractions = []
+    result = register(fixed, moving, fixed_landmarks=fl, moving_landmarks=ml, device="cpu",
+                      progress=lambda fraction, message: fractions.append(fraction))
+    return fixed, moving, fl, ml, result, before, fractions
+
+
+def test_iterative_recovers_the_3d_sample_warp(brain3d_result):
+    """The sample pair: the template and a known synthetic warp + rigid motion of it (2 mm voxels)."""
+    fixed, moving, fl, ml, result, before, fractions = brain3d_result
+    report = result.report
+    assert report["tre_before"]["n"] == 32
+    assert report["tre_before"]["mean"] > 5.0
+    assert report["tre_after"]["mean"] < 1.0  # half a voxel
+    assert report["folding_fraction"] < 1e-4
+    assert report["ncc_after"] > 0.97
+    # fractions rise to 1
+    assert fractions[-1] == pytest.approx(1.0) and all(b >= a - 1e-9 for a, b in zip(fractions, fractions[1:]))
+
+
+def test_registration_outputs_live_on_the_fixed_grid_and_inputs_are_untouched(brain3d_result):
+    fixed, moving, fl, ml, result, before, _ = brain3d_result
+    fixed_grid = Grid.from_image(fixed)
+    for image in (result.field, result.warped, result.jacobian):
+        assert Grid.from_image(image).same_as(fixed_grid)
+    assert result.field.GetPixelID() == sitk.sitkVectorFloat64
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(fixed), before[0])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(moving), before[1])
+    # the warped image is the ORIGINAL moving image resampled through the exported field
+    again = warp_image(moving, result.field)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(result.warped))
+    json.dumps(result.report)  # JSON-able
+    assert set(result.report["seconds"]) >= {"preprocess", "registration", "field", "warp", "metrics", "total"}
+
+
+def test_tre_of_the_report_matches_hand_computed_distances():
+    reference = Grid((20, 20, 20), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)).reference_image()
+    shift = sitk.TranslationTransform(3, (2.0, 0.0, 0.0))
+    field = affine_to_field(shift, reference)
+    p = np.array([[5.0, 5.0, 5.0], [10.0, 4.0, 7.0]])
+    q = p + np.array([[2.0, 3.0, 4.0], [2.0, 0.0, 0.0]])  # after the 2 mm shift: 5 mm (3-4-5) and 0 mm off
+    report = landmark_report(field, ["a", "b"], p, q, dim=3)
+    assert [row["tre_after_mm"] for row in report["landmarks"]] == pytest.approx([5.0, 0.0], abs=1e-9)
+    assert [row["tre_before_mm"] for row in report["landmarks"]] == pytest.approx([np.sqrt(29), 2.0])
+    assert report["tre_after"]["mean"] == pytest.approx(2.5)
+    assert report["tre_after"]["max"] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("family", ["unet", "localnet"])
+@pytest.mark.parametrize("shape", [(1, 1, 37, 29), (1, 1, 19, 22, 17)])
+def test_networks_take_any_size_and_start_near_identity(family, shape):
+    dim = len(shape) - 2
+    network = build_network({"family": family, "dim": dim})
+    moving, fixed = torch.rand(shape), torch.rand(shape)
+    disp = network(moving, fixed)
+    assert disp.shape == (1, dim, *shape[2:])
+    assert disp.abs().max() < 0.05
+
+
+def test_diffeomorphic_network_output_does_not_fold():
+    torch.manual_seed(0)
+    network = build_network({"family": "unet", "dim": 2, "diffeomorphic": True})
+    with torch.no_grad():
+        network.head.weight.normal_(0, 3.0)  # a large random velocity
+        disp = network(torch.rand(1, 1, 48, 40), torch.rand(1, 1, 48, 40))
+    raw = build_network({"family": "unet", "dim": 2})
+    raw.load_state_dict(network.state_dict())
+    assert disp.abs().max() > 1.0  # the test is not vacuous: the displacement is large
+    from metareg.geometry import voxel_displacement_to_physical, vector_image
+    from metareg.metrics import folding_fraction, jacobian_determinant
+
+    grid = Grid((40, 48), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    field = vector_image(voxel_displacement_to_physical(disp, grid), grid)
+    assert folding_fraction(jacobian_determinant(field)) == 0.0
+    with torch.no_grad():
+        raw_disp = raw(torch.rand(1, 1, 48, 40), torch.rand(1, 1, 48, 40))
+    raw_field = vector_image(voxel_displacement_to_physical(raw_disp, grid), grid)
+    assert folding_fraction(jacobian_determinant(raw_field)) > 0.0  # without integration the same weights fold
+
+
+def tiny_model_files(tmp_path, dim=2):
+    network = build_network({"family": "unet", "dim": dim, "encoder_channels": [8, 8], "decoder_channels": [8, 8, 8]})
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    card = {"purpose": "test", "grid": {"size": [64, 64], "spacing": None}, "loss": {"similarity": "lncc"},
+            "normalisation": {"method": "percentile", "low": 1.0, "high": 99.0}}
+    save_model(network, tmp_path / "tiny.safetensors", card)
+    return network, tmp_path / "tiny.safetensors"
+
+
+def test_model_round_trip_rebuilds_the_same_network(tmp_path):
+    network, path = tiny_model_files(tmp_path)
+    loaded = load_model(path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["sha256"] == sha256_of(path)
+    assert card["architecture"]["family"] == "unet" and card["grid"]["size"] == [64, 64]
+    x, y = torch.rand(1, 1, 40, 36), torch.rand(1, 1, 40, 36)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network(x, y), network.eval()(x, y), rtol=0, atol=0)
+    assert load_model(path.with_suffix(".json")).card == loaded.card
+
+
+def test_model_loads_by_zoo_name_and_rejects_tampering(tmp_path, monkeypatch):
+    _, path = tiny_model_files(tmp_path)
+    (tmp_path / "index.json").write_text(json.dumps(
+        {"models": [{"name": "tiny-2d", "file": path.name, "sha256": sha256_of(path), "dimension": 2}]}))
+    monkeypatch.setenv("METAREG_MODEL_DIR", str(tmp_path))
+    assert load_model("tiny-2d").card["purpose"] == "test"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        load_model("tiny-2d")
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        load_model("nope")
+
+
+def test_test_time_adaptation_improves_the_pair_and_leaves_the_model_unchanged(tmp_path, brain2d_known_warp):
+    fixed, moving, fl, ml = brain2d_known_warp
+    _, path = tiny_model_files(tmp_path)
+    model = load_model(path)
+    weights_before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    file_before = sha256_of(path)
+    zero = register(fixed, moving, model=model, device="cpu", fixed_landmarks=fl, moving_landmarks=ml)
+    adapted = register(fixed, moving, model=model, adapt_steps=30, adapt_learning_rate=3e-3, device="cpu",
+                       fixed_landmarks=fl, moving_landmarks=ml)
+    assert len(adapted.loss_curve) == 30 and adapted.loss_curve[-1] < adapted.loss_curve[0]
+    assert adapted.report["ncc_after"] > zero.report["ncc_after"]
+    assert adapted.report["tre_after"]["mean"] < zero.report["tre_after"]["mean"]
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(value, weights_before[key]), key
+    assert sha256_of(path) == file_before
+    assert adapted.report["method"] == "network" and adapted.report["adapt_steps"] == 30
+
+
+def test_cancel_stops_the_run(brain2d_known_warp):
+    fixed, moving, _, _ = brain2d_known_warp
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 5
+
+    with pytest.raises(Cancelled):
+        register(fixed, moving, device="cpu", should_stop=should_stop)
+    assert len(calls) == 6
+
+
+def test_losses_behave():
+    torch.manual_seed(0)
+    image = torch.rand(1, 1, 24, 20, 22)
+    smooth = torch.nn.functional.avg_pool3d(image, 3, 1, 1)
+    smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())  # textured, full [0, 1] range
+    assert losses.local_ncc_loss(smooth, smooth) < 0.05
+    assert losses.local_ncc_loss(smooth, 2 * smooth + 0.3) < 0.05  # invariant to linear intensity changes
+    assert losses.local_ncc_loss(smooth, torch.rand_like(smooth)) > 0.5
+    assert losses.global_ncc_loss(smooth, -smooth) == pytest.approx(2.0, abs=1e-5)
+    assert losses.mse_loss(image, image + 0.5) == pytest.approx(0.25)
+    aligned = losses.mutual_information_loss(smooth, 1 - smooth)  # an inverted contrast: still aligned
+    shifted = losses.mutual_information_loss(smooth, 1 - torch.roll(smooth, 6, dims=2))
+    assert aligned < shifted
+    linear = torch.zeros(1, 3, 10, 11, 12)
+    linear[0, 0] = torch.arange(10.0).view(10, 1, 1) * 0.3  # an affine displacement: no bending
+    assert losses.bending_energy_loss(linear) == pytest.approx(0.0, abs=1e-10)
+    assert losses.gradient_l2_loss(linear) == pytest.approx(0.09 / 3, rel=1e-5)  # 0.3² in one of 3 channels
+    assert losses.gradient_l2_loss(torch.ones(1, 2, 8, 8)) == 0
+    one_hot = torch.zeros(1, 2, 8, 8)
+    one_hot[0, 0, :4], one_hot[0, 1, 4:] = 1, 1
+    assert losses.dice_loss(one_hot, one_hot) == pytest.approx(0.0, abs=1e-6)
+    assert losses.dice_loss(one_hot, one_hot.flip(1)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_warp_tensor_is_differentiable_and_moves_content():
+    image = torch.zeros(1, 1, 16, 16)
+    image[0, 0, 8, 8] = 1.0
+    disp = torch.zeros(1, 2, 16, 16, requires_grad=True)
+    out = warp_tensor(image, disp + torch.tensor([0.0, 2.0]).view(1, 2, 1, 1))
+    assert out[0, 0, 8, 6].item() == pytest.approx(1.0)  # out(p) = image(p + 2 along x)
+    out.sum().backward()
+    assert disp.grad is not None
+
+
+def test_mapped_points_follow_the_field(brain3d_result):
+    fixed, moving, fl, ml, result, _, _ = brain3d_result
+    mapped = map_points(result.field, fl.points_lps)
+    distances = np.linalg.norm(mapped - ml.points_lps, axis=1)
+    assert [row["tre_after_mm"] for row in result.report["landmarks"]] == pytest.approx(list(distances))
