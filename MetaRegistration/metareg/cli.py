@@ -165,14 +165,15 @@ class ProgressBar:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=1000, desc=description, unit="‰", leave=False, file=sys.stderr,
+            interactive = sys.stderr.isatty()
+            self.bar = tqdm(total=1000, desc=description, leave=False, file=sys.stderr,
+                            mininterval=0.1 if interactive else 10.0,
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def __call__(self, fraction: float, message: str) -> None:
         if self.bar is not None:
-            self.bar.n = int(1000 * fraction)
             self.bar.set_postfix_str(message, refresh=False)
-            self.bar.refresh()
+            self.bar.update(int(1000 * fraction) - self.bar.n)  # redraws at most every mininterval
 
     def close(self) -> None:
         if self.bar is not None:
