@@ -74,7 +74,8 @@ def inputs(tmp_path_factory) -> Path:
     write_points(folder / "moving_points.csv", ["A", "B", "C"], [(x + 2.0, y, z) for x, y, z in points])
     (folder / "model").mkdir()
     torch.manual_seed(0)
-    save_model(build_network(TINY_UNET), folder / "model" / "tiny.safetensors", {"grid": {"size": None, "spacing": None}})
+    card = {"grid": {"size": None, "spacing": None}}
+    save_model(build_network(TINY_UNET), folder / "model" / "tiny.safetensors", card)
     return folder
 
 
@@ -149,7 +150,8 @@ def _text_file(folder: Path) -> Path:
 
 def _zero_voxels(folder: Path) -> Path:
     path = folder / "empty.mha"
-    path.write_text("ObjectType = Image\nNDims = 3\nDimSize = 0 0 0\nElementType = MET_FLOAT\nElementDataFile = LOCAL\n")
+    path.write_text("ObjectType = Image\nNDims = 3\nDimSize = 0 0 0\nElementType = MET_FLOAT\n"
+                    "ElementDataFile = LOCAL\n")
     return path
 
 
@@ -182,19 +184,20 @@ def _folder_without_dicom(folder: Path) -> Path:
     return path
 
 
+IMAGE_CASES = [
+    (_missing, "--fixed", "does not exist"),
+    (_text_file, "--moving", "cannot be read as an image"),
+    (_zero_voxels, "--fixed", "has size (0, 0, 0)"),
+    (_one_voxel, "--moving", "has size (1, 1, 1)"),
+    (_single_slice, "--fixed", "is a single slice (size (24, 20, 1))"),
+    (_nan_voxels, "--moving", "contains 3 NaN/inf voxels"),
+    (_constant, "--fixed", "is constant"),
+    (_folder_without_dicom, "--moving", "is a folder without a DICOM series"),
+]
+
+
 @pytest.mark.parametrize(
-    "make, option, expected",
-    [
-        (_missing, "--fixed", "does not exist"),
-        (_text_file, "--moving", "cannot be read as an image"),
-        (_zero_voxels, "--fixed", "has size (0, 0, 0)"),
-        (_one_voxel, "--moving", "has size (1, 1, 1)"),
-        (_single_slice, "--fixed", "is a single slice (size (24, 20, 1))"),
-        (_nan_voxels, "--moving", "contains 3 NaN/inf voxels"),
-        (_constant, "--fixed", "is constant"),
-        (_folder_without_dicom, "--moving", "is a folder without a DICOM series"),
-    ],
-    ids=lambda value: value.__name__.strip("_") if callable(value) else None,
+    "make, option, expected", IMAGE_CASES, ids=[f"{make.__name__.strip('_')}{option}" for make, option, _ in IMAGE_CASES]
 )
 def test_bad_image_names_the_option_and_the_file(make, option, expected, tmp_path, inputs, out, capsys):
     bad_inputs = tmp_path / "bad"
@@ -280,7 +283,8 @@ def _weights_missing(weights: Path) -> None:
         (_garbage_with_matching_sha, "cannot be read as safetensors"),
         (_weights_missing, "does not exist"),
     ],
-    ids=lambda value: value.__name__.strip("_") if callable(value) else None,
+    ids=["bytes-overwritten", "truncated", "wrong-sha256", "card-missing", "card-not-json", "not-safetensors",
+         "weights-missing"],
 )
 def test_damaged_model_file(damage, expected, model, inputs, out, capsys):
     damage(model)

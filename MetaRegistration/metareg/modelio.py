@@ -39,11 +39,16 @@ CARD_FORMAT_VERSION = 1
 
 
 def default_zoo_dir() -> Path:
-    """``$METAREG_MODEL_DIR`` if set, else the repository's ``models/`` folder."""
+    """``$METAREG_MODEL_DIR`` if set, else the ``models/`` folder of the installed extension or of the repository.
+
+    Installed in Slicer, ``models/`` sits beside the ``metareg`` package; in the repository it is at the top level.
+    """
     env = os.environ.get("METAREG_MODEL_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "models"
+    package = Path(__file__).resolve().parent
+    beside = package.parent / "models"
+    return beside if beside.is_dir() else package.parents[1] / "models"
 
 
 def sha256_of(path: Path) -> str:
