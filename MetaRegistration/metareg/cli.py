@@ -206,7 +206,7 @@ def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--similarity", choices=sorted(SIMILARITIES), default=None,
                        help="iterative method: similarity (lncc default; 'mi' for different contrasts, e.g. T1/T2)")
     group.add_argument("--smoothness", type=float, default=None, metavar="WEIGHT",
-                       help="iterative method: weight of the smoothness (gradient L2) regulariser (default 1.0)")
+                       help="iterative method: weight of the smoothness (gradient L2) regulariser (default 3.0)")
     group.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                        help="where torch runs: auto (GPU if present), cpu, cuda, mps (default auto)")
 

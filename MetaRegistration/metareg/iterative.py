@@ -35,7 +35,7 @@ class IterativeConfig:
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     iterations: tuple[int, ...] = (150, 100, 50)
     learning_rate: float = 0.1
-    loss: LossConfig = field(default_factory=lambda: LossConfig(similarity="lncc", regulariser_weight=1.0))
+    loss: LossConfig = field(default_factory=lambda: LossConfig(similarity="lncc", regulariser_weight=3.0))
     diffeomorphic: bool = False
 
     def __post_init__(self):

@@ -31,9 +31,20 @@ def checkerboard(fixed: sitk.Image, warped: sitk.Image, squares: int = 8) -> sit
 
 
 def _middle_slice(image: sitk.Image) -> np.ndarray:
-    """A 2D array to show: the image itself in 2D, its middle slice along the last index axis (k) in 3D."""
+    """A 2D array to show (``origin="upper"``): the image in 2D, its middle slice along index k in 3D.
+
+    Oriented as Slicer shows an axial slice: anterior at the top, the patient's right on the screen's left (index
+    axes flipped according to the sign of their dominant LPS component).
+    """
     array = sitk.GetArrayFromImage(image)
-    return array[array.shape[0] // 2] if image.GetDimension() == 3 else array
+    plane = array[array.shape[0] // 2] if image.GetDimension() == 3 else array
+    dim = image.GetDimension()
+    direction = np.asarray(image.GetDirection()).reshape(dim, dim)
+    if direction[1, 1] < 0:  # index j runs toward anterior (−y in LPS): put its end at the top
+        plane = plane[::-1]
+    if direction[0, 0] < 0:  # index i runs toward the patient's right (−x in LPS): put its end on the left
+        plane = plane[:, ::-1]
+    return plane
 
 
 def _summary_lines(report: dict) -> list[str]:
@@ -104,15 +115,15 @@ def render_report_png(
     ]
     for ax, (data, name, cmap, limits) in zip(axes.flat, panels):
         vmin, vmax = limits or (0, 1)
-        ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", aspect=aspect, interpolation="nearest")
+        ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, origin="upper", aspect=aspect, interpolation="nearest")
         ax.set_title(name)
         ax.axis("off")
     ax = axes.flat[6]
     low, high = min(float(np.min(jac)), 0.99), max(float(np.max(jac)), 1.01)
-    shown = ax.imshow(jac, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=1.0, vmin=low, vmax=high), origin="lower",
+    shown = ax.imshow(jac, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=1.0, vmin=low, vmax=high), origin="upper",
                       aspect=aspect, interpolation="nearest")
     folds = np.ma.masked_where(jac > 0, np.ones_like(jac))
-    ax.imshow(folds, cmap="autumn", origin="lower", aspect=aspect, interpolation="nearest")
+    ax.imshow(folds, cmap="autumn", origin="upper", aspect=aspect, interpolation="nearest")
     ax.set_title("Jacobian determinant (yellow: folding)")
     ax.axis("off")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)

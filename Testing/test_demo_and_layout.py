@@ -1,0 +1,70 @@
+"""The demo command end to end, and the repository skeleton (Slicer extension CMake, packaging)."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+
+import matplotlib.image
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import REPO
+from metareg.demo import main as demo_main
+
+
+def test_demo_writes_every_output_and_a_report_with_its_panels(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo_main(["--pair", "brain2d", "--output", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "iterative method" in printed  # the demo says it uses no network yet
+    expected = {"warped.nii.gz", "field.nii.gz", "transform.h5", "checkerboard.nii.gz", "jacobian.nii.gz",
+                "report.json", "report.png"}
+    assert {p.name for p in out.iterdir()} == expected  # and nothing half-written beside them
+    fixed = sitk.ReadImage(str(REPO / "Resources/SampleData/brain2d_fixed.nii.gz"))
+    for name in ("warped.nii.gz", "checkerboard.nii.gz", "jacobian.nii.gz"):
+        image = sitk.ReadImage(str(out / name))
+        assert image.GetSize() == fixed.GetSize() and image.GetSpacing() == fixed.GetSpacing()
+    field = sitk.ReadImage(str(out / "field.nii.gz"))
+    assert field.GetNumberOfComponentsPerPixel() == 2
+    sitk.ReadTransform(str(out / "transform.h5"))
+    report = json.loads((out / "report.json").read_text())
+    assert report["ncc_after"] > report["ncc_before"]
+    assert report["method"] == "iterative"
+    png = matplotlib.image.imread(out / "report.png")
+    assert png.shape[0] > 500 and png.shape[1] > 1000
+    # eight panels in a 2 × 4 layout: fixed, moving, warped, checkerboard and the "before" difference have content
+    # (the "after" difference is nearly blank when the registration worked)
+    rgb = png[..., :3]
+    height, width = rgb.shape[:2]
+    for row, column in [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]:
+        tile = rgb[int(height * (0.15 + 0.45 * row)): int(height * (0.45 + 0.45 * row)),
+                   int(width * (0.03 + 0.195 * column)): int(width * (0.15 + 0.195 * column))]
+        assert tile.std() > 0.05, f"panel row {row} column {column} looks blank"
+    # the Jacobian panel is coloured (diverging map), the image panels are grey
+    jacobian_tile = rgb[int(height * 0.6): int(height * 0.9), int(width * 0.42): int(width * 0.55)]
+    assert np.abs(jacobian_tile[..., 0] - jacobian_tile[..., 2]).max() > 0.1
+
+
+def test_slicer_extension_cmake_is_complete():
+    top = (REPO / "CMakeLists.txt").read_text()
+    for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                     "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert re.search(rf"set\({variable} \S", top), variable
+    assert re.search(r'set\(EXTENSION_DEPENDS "?PyTorch"?\)', top)
+    assert "add_subdirectory(MetaRegistration)" in top
+    assert "find_package(Slicer REQUIRED)" in top and "Slicer_EXTENSION_CPACK" in top
+    module = (REPO / "MetaRegistration/CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in module and "metareg/*.py" in module
+    assert (REPO / "Resources/Icons/MetaRegistration.png").is_file()
+
+
+def test_packaging_pins_torch_and_exposes_the_cli():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "torch==2.13.0" in project["project"]["dependencies"]
+    assert project["project"]["scripts"]["metareg"] == "metareg.cli:main"
+    assert project["tool"]["setuptools"]["package-dir"] == {"": "MetaRegistration"}
+    run = (REPO / "run").read_text()
+    assert "demo)" in run and "test)" in run and ".venv" in run
+    assert "./run test" in (REPO / ".ci/run").read_text()
