@@ -271,6 +271,16 @@ def run_register(args: argparse.Namespace) -> int:
     if fixed_landmarks is not None:
         match_landmarks(fixed_landmarks, moving_landmarks, f"--fixed-landmarks {args.fixed_landmarks}",
                         f"--moving-landmarks {args.moving_landmarks}")
+    if (args.fixed_labels is None) != (args.moving_labels is None):
+        raise InputError("--fixed-labels/--moving-labels", "give both or neither")
+    if args.warped_labels and args.moving_labels is None:
+        raise InputError("--warped-labels", "needs --fixed-labels and --moving-labels")
+    fixed_labels = read_image(args.fixed_labels, "--fixed-labels") if args.fixed_labels else None
+    moving_labels = read_image(args.moving_labels, "--moving-labels") if args.moving_labels else None
+    for option, path, labels in (("--fixed-labels", args.fixed_labels, fixed_labels),
+                                 ("--moving-labels", args.moving_labels, moving_labels)):
+        if labels is not None:
+            check_same_dimension(fixed, labels, f"--fixed {args.fixed}", f"{option} {path}")
     model = _load_method(args)
     if model is not None and int(model.network.dim) != fixed.GetDimension():
         raise InputError(f"--model {args.model}",
@@ -285,6 +295,8 @@ def run_register(args: argparse.Namespace) -> int:
     outputs.add("--transform", args.transform, lambda p: _write_transform(result_box["result"].field, p, "--transform"))
     outputs.add("--jacobian", args.jacobian, lambda p: write_image(result_box["result"].jacobian, p, "--jacobian"))
     outputs.add("--mapped-landmarks", args.mapped_landmarks, lambda p: write_landmarks(result_box["mapped"], p))
+    outputs.add("--warped-labels", args.warped_labels,
+                lambda p: write_image(result_box["result"].warped_labels, p, "--warped-labels"))
     outputs.add("--report", args.report, lambda p: _write_json(result_box["report"], p, "--report"))
     outputs.check()
 
@@ -293,7 +305,8 @@ def run_register(args: argparse.Namespace) -> int:
         result = register(
             fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
             affine=args.affine, iterative_config=None if model is not None else _iterative_config(args),
-            device=args.device, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, progress=bar,
+            device=args.device, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
+            fixed_labels=fixed_labels, moving_labels=moving_labels, progress=bar,
         )
     finally:
         bar.close()
@@ -316,6 +329,9 @@ def _one_line(report: dict) -> str:
     parts = [f"NCC {report['ncc_before']:.3f} → {report['ncc_after']:.3f}"]
     if report.get("tre_before"):
         parts.append(f"TRE {report['tre_before']['mean']:.2f} → {report['tre_after']['mean']:.2f} mm")
+    if report.get("labels") and report["labels"]["mean_dice_after"] is not None:
+        labels = report["labels"]
+        parts.append(f"Dice {labels['mean_dice_before']:.3f} → {labels['mean_dice_after']:.3f}")
     parts.append(f"folding {100 * report['folding_fraction']:.3f} %")
     parts.append(f"{report['seconds']['total']:.1f} s on {report['device']}")
     return "; ".join(parts)
@@ -325,9 +341,10 @@ def _one_line(report: dict) -> str:
 # evaluate
 # ---------------------------------------------------------------------------------------------------------------------
 
-PAIR_COLUMNS = ("fixed", "moving", "fixed_landmarks", "moving_landmarks")
+PAIR_COLUMNS = ("fixed", "moving", "fixed_landmarks", "moving_landmarks", "fixed_labels", "moving_labels")
 RESULT_COLUMNS = ("pair", "fixed", "moving", "status", "ncc_before", "ncc_after", "tre_before_mean_mm",
                   "tre_after_mean_mm", "tre_after_median_mm", "tre_after_p90_mm", "tre_after_max_mm", "n_landmarks",
+                  "mean_dice_before", "mean_dice_after",
                   "folding_fraction", "std_log_jacobian", "seconds", "error")
 
 
@@ -372,10 +389,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
             check_same_dimension(fixed, moving, f"pair {index} fixed", f"pair {index} moving")
             fl = read_landmarks(pair["fixed_landmarks"], f"pair {index} fixed_landmarks") if pair["fixed_landmarks"] else None
             ml = read_landmarks(pair["moving_landmarks"], f"pair {index} moving_landmarks") if pair["moving_landmarks"] else None
+            flab = read_image(pair["fixed_labels"], f"pair {index} fixed_labels") if pair["fixed_labels"] else None
+            mlab = read_image(pair["moving_labels"], f"pair {index} moving_labels") if pair["moving_labels"] else None
             result = register(
                 fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
                 affine=args.affine, iterative_config=None if model is not None else _iterative_config(args),
-                device=args.device, fixed_landmarks=fl, moving_landmarks=ml,
+                device=args.device, fixed_landmarks=fl, moving_landmarks=ml, fixed_labels=flab, moving_labels=mlab,
             )
         except MetaRegError as error:
             row.update(status="error", error=str(error))
@@ -389,6 +408,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             row.update(tre_before_mean_mm=report["tre_before"]["mean"], tre_after_mean_mm=report["tre_after"]["mean"],
                        tre_after_median_mm=report["tre_after"]["median"], tre_after_p90_mm=report["tre_after"]["p90"],
                        tre_after_max_mm=report["tre_after"]["max"], n_landmarks=report["tre_after"]["n"])
+        if report.get("labels"):
+            row.update(mean_dice_before=report["labels"]["mean_dice_before"],
+                       mean_dice_after=report["labels"]["mean_dice_after"])
         rows.append(row)
     box["rows"] = rows
     box["summary"] = summarise(rows)
@@ -461,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--moving", required=True, metavar="IMAGE", help="moving image, same dimension as --fixed")
     inputs.add_argument("--fixed-landmarks", metavar="FILE", help="landmarks on the fixed image (.mrk.json, .fcsv, .csv)")
     inputs.add_argument("--moving-landmarks", metavar="FILE", help="matching landmarks on the moving image (same labels)")
+    inputs.add_argument("--fixed-labels", metavar="IMAGE", help="label map of the fixed image, for Dice/HD95 per label")
+    inputs.add_argument("--moving-labels", metavar="IMAGE", help="label map of the moving image (same label values)")
     _add_method_arguments(reg)
     out = reg.add_argument_group("outputs (each optional; written only if the whole run succeeds)")
     out.add_argument("--warped", metavar="IMAGE", help="the moving image warped onto the fixed grid")
@@ -468,13 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--transform", metavar="FILE.h5", help="the field as an ITK DisplacementFieldTransform (.h5)")
     out.add_argument("--jacobian", metavar="IMAGE", help="Jacobian determinant map on the fixed grid")
     out.add_argument("--mapped-landmarks", metavar="FILE", help="fixed landmarks mapped into the moving image")
+    out.add_argument("--warped-labels", metavar="IMAGE", help="the moving label map warped onto the fixed grid")
     out.add_argument("--report", metavar="OUT.json", help="machine-readable report: NCC, TRE, folding, seconds per stage")
     reg.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     reg.set_defaults(handler=run_register)
 
     ev = commands.add_parser("evaluate", help="register many pairs from a CSV and summarise",
                              description="Register every pair of a CSV (columns fixed,moving and optionally "
-                                         "fixed_landmarks,moving_landmarks; relative paths are relative to the CSV) "
+                                         "fixed_landmarks,moving_landmarks,fixed_labels,moving_labels; relative paths "
+                                         "are relative to the CSV) "
                                          "and write one row per pair plus a summary.")
     ev.add_argument("--pairs", required=True, metavar="PAIRS.csv", help="the pair list")
     _add_method_arguments(ev)

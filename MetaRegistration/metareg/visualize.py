@@ -64,6 +64,9 @@ def _summary_lines(report: dict) -> list[str]:
             f"TRE (mm, {before['n']} landmarks) mean before → after: {before['mean']:.2f} → {after['mean']:.2f}"
         )
         lines.append(f"TRE after: median {after['median']:.2f}, p90 {after['p90']:.2f}, max {after['max']:.2f}")
+    if report.get("labels") and report["labels"]["mean_dice_after"] is not None:
+        labels = report["labels"]
+        lines.append(f"Mean Dice before → after: {labels['mean_dice_before']:.3f} → {labels['mean_dice_after']:.3f}")
     lines.append(
         f"Folding (|J| ≤ 0): {100 * report['folding_fraction']:.3f} %   std log|J|: {report['std_log_jacobian']:.3f}"
     )
