@@ -512,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the models of the zoo")
     models.add_argument("--zoo", metavar="DIR", help="zoo folder (default: the repository's models/ or $METAREG_MODEL_DIR)")
     models.set_defaults(handler=run_models)
+
+    from .train_cli import add_training_commands
+
+    add_training_commands(commands)
     return parser
 
 

@@ -1,7 +1,11 @@
-"""Intensity preprocessing as a model card states it (``card["normalisation"]``).
+"""Preprocessing as a model card states it: the model grid and the intensity normalisation.
 
-Only one normalisation exists so far: percentile scaling to [0, 1]. The window is computed on the *original* image's
-voxels (not on the resampled tensor, whose padding would bias it) and then applied to the tensor.
+:func:`prepare_pair` is the one path from two SimpleITK images to the two tensors a network (or the iterative method)
+sees, used alike by registration and by training.
+
+Normalisation (``card["normalisation"]``): percentile scaling to [0, 1] — the window is computed on the *original*
+image's voxels (not on the resampled tensor, whose padding would bias it) — then, optionally, histogram equalisation
+(seed 000 equalised every image).
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-DEFAULT_NORMALISATION = {"method": "percentile", "low": 1.0, "high": 99.0}
+from .geometry import Grid, image_to_tensor, model_grid_on_fixed, resample_onto
+
+DEFAULT_NORMALISATION = {"method": "percentile", "low": 1.0, "high": 99.0, "histogram_equalisation": False}
 _MAX_SAMPLES = 1_000_000
+_EQUALISATION_BINS = 256
 
 
 def intensity_window(image: sitk.Image, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
@@ -30,7 +37,16 @@ def normalise(tensor: torch.Tensor, window: tuple[float, float]) -> torch.Tensor
     return ((tensor - lo) / max(hi - lo, 1e-12)).clamp(0.0, 1.0)
 
 
-def check_normalisation(spec: dict) -> dict:
+def equalise_histogram(tensor: torch.Tensor, bins: int = _EQUALISATION_BINS) -> torch.Tensor:
+    """Histogram equalisation of a [0, 1] tensor: each value replaced by its cumulative frequency (in [0, 1])."""
+    histogram = torch.histc(tensor, bins=bins, min=0.0, max=1.0)
+    cdf = torch.cumsum(histogram, 0)
+    cdf = (cdf - cdf[0]) / max(float(cdf[-1] - cdf[0]), 1.0)
+    index = (tensor * (bins - 1)).round().long().clamp(0, bins - 1)
+    return cdf[index]
+
+
+def check_normalisation(spec: dict | None) -> dict:
     """Validate a card's normalisation entry and fill defaults."""
     spec = {**DEFAULT_NORMALISATION, **(spec or {})}
     if spec["method"] != "percentile":
@@ -38,3 +54,33 @@ def check_normalisation(spec: dict) -> dict:
     if not 0.0 <= spec["low"] < spec["high"] <= 100.0:
         raise ValueError(f"percentile window must satisfy 0 <= low < high <= 100, got {spec['low']}, {spec['high']}")
     return spec
+
+
+def image_tensor(image: sitk.Image, grid: Grid, normalisation: dict, transform: sitk.Transform | None = None) -> torch.Tensor:
+    """``image`` sampled on ``grid`` (through ``transform``: grid point → image point) and normalised, ``(1, 1, *S)``."""
+    spec = check_normalisation(normalisation)
+    tensor = normalise(image_to_tensor(resample_onto(image, grid, transform)),
+                       intensity_window(image, spec["low"], spec["high"]))
+    return equalise_histogram(tensor) if spec["histogram_equalisation"] else tensor
+
+
+def prepare_pair(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    grid_spec: dict | None,
+    normalisation: dict | None,
+    prealign: sitk.Transform | None = None,
+    grid: Grid | None = None,
+) -> tuple[Grid, torch.Tensor, torch.Tensor]:
+    """The model grid placed on ``fixed`` and both images on it, normalised: ``(grid, fixed_t, moving_t)``.
+
+    Args:
+        grid_spec: ``{"size": [...] | None, "spacing": [...] | None}`` (a card's ``grid``), see
+            :func:`metareg.geometry.model_grid_on_fixed`. Ignored when ``grid`` is given.
+        normalisation: a card's ``normalisation``.
+        prealign: optional transform (fixed → moving points) the moving image is sampled through.
+    """
+    if grid is None:
+        grid_spec = grid_spec or {}
+        grid = model_grid_on_fixed(fixed, size=grid_spec.get("size"), spacing=grid_spec.get("spacing"))
+    return grid, image_tensor(fixed, grid, normalisation or {}), image_tensor(moving, grid, normalisation or {}, prealign)

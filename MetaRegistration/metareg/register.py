@@ -27,7 +27,6 @@ from .errors import Cancelled, InputError
 from .geometry import (
     Grid,
     field_to_transform,
-    image_to_tensor,
     map_points,
     model_grid_on_fixed,
     network_displacement_to_field,
@@ -40,7 +39,7 @@ from .landmarks import Landmarks, match_landmarks
 from .losses import LossConfig, registration_loss
 from .modelio import LoadedModel
 from .prealign import affine_prealign
-from .preprocess import check_normalisation, intensity_window, normalise
+from .preprocess import prepare_pair
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -216,16 +215,10 @@ def register(
 
     with stages.stage("preprocess", "resampling onto the model grid"):
         if model is not None:
-            grid_spec = model.card.get("grid") or {}
-            grid = model_grid_on_fixed(fixed, size=grid_spec.get("size"), spacing=grid_spec.get("spacing"))
-            norm = check_normalisation(model.card.get("normalisation", {}))
+            grid, fixed_t, moving_t = prepare_pair(fixed, moving, model.card.get("grid"),
+                                                   model.card.get("normalisation"), prealign)
         else:
-            grid = iterative_grid(fixed)
-            norm = check_normalisation({})
-        fixed_t = normalise(image_to_tensor(resample_onto(fixed, grid)), intensity_window(fixed, norm["low"], norm["high"]))
-        moving_t = normalise(
-            image_to_tensor(resample_onto(moving, grid, prealign)), intensity_window(moving, norm["low"], norm["high"])
-        )
+            grid, fixed_t, moving_t = prepare_pair(fixed, moving, None, None, prealign, grid=iterative_grid(fixed))
         fixed_t, moving_t = fixed_t.to(torch_device), moving_t.to(torch_device)
 
     if model is not None:

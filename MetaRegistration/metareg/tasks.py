@@ -1,0 +1,186 @@
+"""Tasks for training: named sets of image pairs from one domain, and the tensors a network trains on.
+
+A task folder (as ``metareg data fetch`` builds them, see DATA.md) holds ``task.json`` and ``pairs.csv`` with the
+columns ``fixed,moving[,fixed_landmarks,moving_landmarks,fixed_labels,moving_labels]`` (paths relative to the
+folder). A single pair CSV is a task too. In memory, pairs can also be built from images directly: all-to-one
+(atlas), adjacent slices of a volume (seed 000), consecutive frames of a cine.
+
+:class:`TaskData` prepares each pair once, exactly as registration will (:func:`metareg.preprocess.prepare_pair`:
+model grid placed on the fixed image, intensities normalised as the card says), and keeps the tensors in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .errors import InputError
+from .imageio import read_image
+from .preprocess import prepare_pair
+
+
+@dataclass
+class Pair:
+    """One fixed/moving pair: file paths or in-memory images (``fixed_image``/``moving_image`` win when set)."""
+
+    fixed: str | None = None
+    moving: str | None = None
+    fixed_landmarks: str | None = None
+    moving_landmarks: str | None = None
+    fixed_image: sitk.Image | None = field(default=None, repr=False)
+    moving_image: sitk.Image | None = field(default=None, repr=False)
+
+    def images(self) -> tuple[sitk.Image, sitk.Image]:
+        fixed = self.fixed_image if self.fixed_image is not None else read_image(self.fixed, "pair fixed")
+        moving = self.moving_image if self.moving_image is not None else read_image(self.moving, "pair moving")
+        return fixed, moving
+
+
+@dataclass
+class Task:
+    """A named set of pairs from one domain."""
+
+    name: str
+    pairs: list[Pair]
+    dimension: int | None = None
+    role: str = "source"
+    info: dict = field(default_factory=dict)
+
+
+def read_pairs_csv(path: str | Path, name: str = "--pairs") -> list[Pair]:
+    """Pairs of a CSV with at least ``fixed,moving`` (relative paths are relative to the CSV's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{name} {path}", "does not exist", "give a CSV with columns fixed,moving")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    if not rows or "fixed" not in rows[0] or "moving" not in rows[0]:
+        raise InputError(f"{name} {path}", "needs a header with at least the columns fixed,moving")
+
+    def resolve(value: str | None) -> str | None:
+        if not value:
+            return None
+        candidate = Path(value)
+        return str(candidate if candidate.is_absolute() else path.parent / candidate)
+
+    return [Pair(resolve(row["fixed"]), resolve(row["moving"]), resolve(row.get("fixed_landmarks")),
+                 resolve(row.get("moving_landmarks"))) for row in rows]
+
+
+def load_task(spec: str | Path, data_dir: str | Path | None = None) -> Task:
+    """A task from a task folder, a task name in ``<data_dir>/tasks``, or a pair CSV."""
+    path = Path(spec)
+    if path.suffix == ".csv":
+        return Task(name=path.stem, pairs=read_pairs_csv(path))
+    if not path.is_dir() and data_dir is not None:
+        path = Path(data_dir) / "tasks" / str(spec)
+    if not (path / "pairs.csv").is_file():
+        hint = "run `metareg data fetch` first, or give a task folder or a pairs CSV"
+        raise InputError(f"task {spec}", f"no pairs.csv found (looked in {path})", hint)
+    info = json.loads((path / "task.json").read_text()) if (path / "task.json").is_file() else {}
+    return Task(name=info.get("name", path.name), pairs=read_pairs_csv(path / "pairs.csv", f"task {spec}"),
+                dimension=info.get("dimension"), role=info.get("role", "source"), info=info)
+
+
+def default_data_dir() -> Path:
+    """``$METAREG_DATA_DIR`` or ``~/.cache/metareg/data`` (where ``metareg data fetch`` builds the tasks)."""
+    import os
+
+    return Path(os.environ.get("METAREG_DATA_DIR", Path.home() / ".cache" / "metareg" / "data"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pair builders for images in memory
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def atlas_pairs(images: Sequence[sitk.Image], atlas: sitk.Image) -> list[Pair]:
+    """All-to-one: the atlas is the fixed image of every pair."""
+    return [Pair(fixed_image=atlas, moving_image=image) for image in images]
+
+
+def volume_slice(volume: sitk.Image, index: int, axis: int = 2) -> sitk.Image:
+    """The 2D slice ``index`` along ITK index ``axis`` of a 3D volume, with its in-plane spacing and origin.
+
+    Its 2D direction is the in-plane block of the volume's direction, made orthonormal (the nearest rotation or
+    reflection, by polar decomposition): for an oblique volume the block alone is not a valid 2D direction.
+    """
+    size = list(volume.GetSize())
+    size[axis] = 0
+    start = [0, 0, 0]
+    start[axis] = index
+    plane = sitk.Extract(volume, size, start, sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOGUESS)
+    keep = [a for a in range(3) if a != axis]
+    block = np.asarray(volume.GetDirection()).reshape(3, 3)[np.ix_(keep, keep)]
+    u, _, vt = np.linalg.svd(block)
+    plane.SetDirection(tuple((u @ vt).ravel()))
+    return plane
+
+
+def adjacent_slice_pairs(volume: sitk.Image, axis: int = 2, step: int = 1, min_foreground: float = 0.1) -> list[Pair]:
+    """Seed 000's pairs: slice k (fixed) and slice k + step (moving) of a 3D volume along index ``axis``.
+
+    Slices with less than ``min_foreground`` of their voxels above the volume's 10th percentile are skipped.
+    Each moving slice is given the fixed slice's geometry (they are neighbours, to be registered in-plane).
+    """
+    if volume.GetDimension() != 3:
+        raise InputError("volume", f"is {volume.GetDimension()}-D; adjacent slices need a 3-D volume")
+    threshold = float(np.percentile(sitk.GetArrayViewFromImage(volume), 10))
+    pairs = []
+    for k in range(0, volume.GetSize()[axis] - step):
+        fixed = volume_slice(volume, k, axis)
+        moving = volume_slice(volume, k + step, axis)
+        moving.CopyInformation(fixed)
+        if float((sitk.GetArrayViewFromImage(fixed) > threshold).mean()) < min_foreground:
+            continue
+        pairs.append(Pair(fixed_image=fixed, moving_image=moving))
+    return pairs
+
+
+def cine_frame_pairs(frames: Sequence[sitk.Image], step: int = 1) -> list[Pair]:
+    """Consecutive frames of a cine: frame t (fixed) and frame t + step (moving)."""
+    return [Pair(fixed_image=frames[t], moving_image=frames[t + step]) for t in range(len(frames) - step)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tensors for training
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class TaskData:
+    """A task's pairs prepared on the model grid, cached: ``tensors(i) -> (fixed_t, moving_t)``, each ``(1, 1, *S)``.
+
+    Every pair is resampled onto a grid of the card's ``grid`` placed on its fixed image, so all tensors of a task
+    have the same shape when ``grid["size"]`` is given (required for batching).
+    """
+
+    def __init__(self, task: Task, grid_spec: dict, normalisation: dict):
+        if not grid_spec or not grid_spec.get("size"):
+            raise InputError(f"task {task.name}", "training needs a model grid size (e.g. --grid 128,128)")
+        if not task.pairs:
+            raise InputError(f"task {task.name}", "has no pairs")
+        self.task = task
+        self.grid_spec = grid_spec
+        self.normalisation = normalisation
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.task.pairs)
+
+    def tensors(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index not in self._cache:
+            fixed, moving = self.task.pairs[index].images()
+            expected = len(self.grid_spec["size"])
+            if fixed.GetDimension() != expected or moving.GetDimension() != expected:
+                raise InputError(f"task {self.task.name} pair {index}",
+                                 f"has {fixed.GetDimension()}-D images but the model grid is {expected}-D")
+            _, fixed_t, moving_t = prepare_pair(fixed, moving, self.grid_spec, self.normalisation)
+            self._cache[index] = (fixed_t, moving_t)
+        return self._cache[index]

@@ -1,0 +1,630 @@
+"""Learning: pretraining, Reptile meta-training (task level and pair level), fine-tuning.
+
+* :func:`pretrain` — unsupervised training over the pairs of all source tasks as one pool (seed 000's first stage).
+  Also fine-tuning (:func:`finetune`): the same loop from a parent model on target-domain pairs.
+* :func:`metatrain` — Reptile. Each meta-step draws ``tasks_per_step`` tasks, adapts a copy of the weights to each
+  with ``inner_steps`` Adam steps, and moves the weights toward the mean of the adapted ones: the outer optimiser gets
+  ``θ − mean θᵢ`` as its gradient (Adam, seed 000), or ``θ ← θ − β_t (θ − mean θᵢ)`` with a linearly decaying meta
+  step ``β_t`` (SGD, seed 002). At task level a task is a domain and every inner step draws a pair of it; at pair level
+  (seed 002) a task is one pair, augmented afresh by a random affine at every inner step, so the weights become good
+  *after* a few test-time steps.
+
+Randomness is counter-based: every draw (which pair, which augmentation) comes from a generator seeded by
+``(seed, step, slot, inner step)``. A run is therefore reproducible, a checkpoint's step number is its whole random
+state, and a draw does not depend on which process makes it: under ``torchrun`` the slots of a step are split across
+ranks (DistributedDataParallel averages the gradients for pretraining; the adapted Reptile weights are summed with an
+all-reduce), and the result equals a single-process run on the same seed.
+
+Checkpoints (``<out>.ckpt/last.pt``: weights, optimiser state, step, config) are written to a temporary file and
+renamed, so a run killed at any moment keeps the last complete checkpoint; ``resume=True`` continues from it and the
+loss log (``<out>.loss.csv``) continues where the checkpoint was taken.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .augment import AugmentConfig, augment
+from .device import resolve_device
+from .errors import InputError
+from .geometry import warp_tensor
+from .losses import LossConfig, registration_loss
+from .modelio import load_model, save_model
+from .networks import RegistrationNetwork, build_network, count_parameters
+from .preprocess import check_normalisation
+from .tasks import Task, TaskData
+
+CHECKPOINT_NAME = "last.pt"
+LOG_COLUMNS = ("step", "loss", "similarity", "regulariser", "learning_rate", "seconds")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSpec:
+    """What a trained model is: network config, model grid, normalisation and loss (all stored in its card)."""
+
+    architecture: dict
+    grid: dict
+    normalisation: dict = field(default_factory=dict)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict:
+        return {"architecture": self.architecture, "grid": self.grid,
+                "normalisation": check_normalisation(self.normalisation), "loss": self.loss.to_dict()}
+
+    @classmethod
+    def from_card(cls, card: dict) -> "ModelSpec":
+        return cls(card["architecture"], card.get("grid") or {}, card.get("normalisation") or {},
+                   LossConfig.from_dict(card.get("loss") or {}))
+
+
+@dataclass
+class TrainConfig:
+    """Gradient training (pretraining and fine-tuning).
+
+    Attributes:
+        steps: optimiser steps. batch_size: pairs per step (over all processes). learning_rate: Adam step size.
+        augment: augmentation of fixed and moving (independently). seed: the run's seed.
+        checkpoint_every: steps between checkpoints (0: only at the end).
+    """
+
+    steps: int = 1000
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+@dataclass
+class ReptileConfig:
+    """Reptile meta-training (seed 000 task level: b = 3, k = 10; seed 002 pair level: k = 10, β 0.5 → 1e-5).
+
+    Attributes:
+        level: ``"task"`` (a task is a domain) or ``"pair"`` (a task is one pair, augmented at every inner step).
+        steps: meta-steps. tasks_per_step: b. inner_steps: k. inner_learning_rate: Adam step size of the inner loop.
+        inner_batch_size: pairs per inner step (task level).
+        outer: ``"adam"`` (the meta-gradient ``θ − mean θᵢ`` fed to Adam with ``outer_learning_rate``) or ``"sgd"``
+            (``θ ← θ − β_t (θ − mean θᵢ)``, β falling linearly from ``meta_step_start`` to ``meta_step_end``).
+        augment: inner-loop augmentation (pair level needs it; seed 002 used random affines).
+    """
+
+    level: str = "task"
+    steps: int = 500
+    tasks_per_step: int = 3
+    inner_steps: int = 10
+    inner_learning_rate: float = 1e-3
+    inner_batch_size: int = 1
+    outer: str = "adam"
+    outer_learning_rate: float = 1e-3
+    meta_step_start: float = 0.5
+    meta_step_end: float = 1e-5
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def __post_init__(self):
+        if self.level not in ("task", "pair"):
+            raise InputError("--level", f"must be 'task' or 'pair', got {self.level!r}")
+        if self.outer not in ("adam", "sgd"):
+            raise InputError("--outer", f"must be 'adam' or 'sgd', got {self.outer!r}")
+
+    def meta_step_size(self, step: int) -> float:
+        """β at meta-step ``step`` (SGD outer update): linear from ``meta_step_start`` to ``meta_step_end``."""
+        fraction = step / max(self.steps - 1, 1)
+        return self.meta_step_start + (self.meta_step_end - self.meta_step_start) * fraction
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Processes, randomness, sampling
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    """This process's place among the training processes (``torchrun`` sets RANK and WORLD_SIZE)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mine(self, slots: int) -> list[int]:
+        """The slots of a step this process computes (round robin)."""
+        return list(range(self.rank, slots, self.world_size))
+
+
+def start_processes(device: str = "auto") -> Processes:
+    """Join the process group when started by ``torchrun`` (gloo on CPU, NCCL on CUDA); else a single process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    torch_device = resolve_device(device)
+    if world_size > 1:
+        if torch_device.type == "cuda":
+            torch_device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(torch_device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo")
+    return Processes(rank=rank, world_size=world_size, device=torch_device)
+
+
+def generator(seed: int, *counters: int) -> torch.Generator:
+    """A torch generator seeded by ``(seed, *counters)`` (independent streams for every draw)."""
+    state = np.random.SeedSequence([int(seed) % 2**32, *[int(c) for c in counters]]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _randint(gen: torch.Generator, high: int) -> int:
+    return int(torch.randint(high, (1,), generator=gen))
+
+
+def draw_sample(data: TaskData, index: int, config: AugmentConfig, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Pair ``index`` of a task, fixed and moving each augmented independently with ``gen``."""
+    fixed, moving = data.tensors(index)
+    return augment(fixed, config, gen), augment(moving, config, gen)
+
+
+class PairPool:
+    """The pairs of several tasks as one pool (pretraining, fine-tuning, pair-level Reptile)."""
+
+    def __init__(self, datas: list[TaskData]):
+        self.entries = [(t, i) for t, data in enumerate(datas) for i in range(len(data))]
+        self.datas = datas
+        if not self.entries:
+            raise InputError("--tasks", "the tasks hold no pairs")
+
+    def draw(self, gen: torch.Generator) -> tuple[TaskData, int]:
+        task, index = self.entries[_randint(gen, len(self.entries))]
+        return self.datas[task], index
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Logging and checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class RunFiles:
+    """The files of a training run next to its output model: ``<stem>.ckpt/last.pt`` and ``<stem>.loss.csv``."""
+
+    def __init__(self, out: Path):
+        if out.suffix != ".safetensors":
+            raise InputError(f"--out {out}", "must end in .safetensors")
+        if not out.parent.is_dir():
+            raise InputError(f"--out {out}", f"folder {out.parent} does not exist", "create it first")
+        self.out = out
+        self.checkpoint_dir = out.with_name(out.stem + ".ckpt")
+        self.checkpoint = self.checkpoint_dir / CHECKPOINT_NAME
+        self.log = out.with_name(out.stem + ".loss.csv")
+        self.plot = out.with_name(out.stem + ".loss.png")
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint without unpickling arbitrary objects (``weights_only``)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class LossLog:
+    """Per-step losses: a CSV (flushed every row), TensorBoard when installed, and a PNG of the curves at the end."""
+
+    def __init__(self, files: RunFiles, resume_step: int | None, enabled: bool):
+        self.enabled = enabled
+        self.path = files.log
+        self.rows: list[dict] = []
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            with open(self.path, newline="") as handle:
+                self.rows = [row for row in csv.DictReader(handle) if int(row["step"]) < resume_step]
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(temporary, self.path)
+        self.handle = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=LOG_COLUMNS)
+        self.tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(files.out.with_name(files.out.stem + ".tensorboard")))
+        except Exception:  # TensorBoard is optional
+            self.tensorboard = None
+
+    def add(self, step: int, loss: float, parts: dict, learning_rate: float, seconds: float) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "loss": f"{loss:.6g}", "similarity": f"{parts.get('similarity', float('nan')):.6g}",
+               "regulariser": f"{parts.get('regulariser', float('nan')):.6g}", "learning_rate": f"{learning_rate:.6g}",
+               "seconds": f"{seconds:.3f}"}
+        self.rows.append(row)
+        self.writer.writerow(row)
+        self.handle.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("loss", loss, step)
+
+    def curve(self) -> list[float]:
+        return [float(row["loss"]) for row in self.rows]
+
+    def close(self, plot_path: Path, title: str) -> None:
+        if not self.enabled:
+            return
+        self.handle.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        plot_loss_curves(self.rows, plot_path, title)
+
+
+def plot_loss_curves(rows: list[dict], path: Path, title: str) -> None:
+    """PNG of loss, similarity and regulariser against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [int(r["step"]) for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key in zip(axes, ("loss", "similarity", "regulariser")):
+        values = [float(r[key]) for r in rows]
+        ax.plot(steps, values, lw=0.8, alpha=0.5)
+        if len(values) >= 20:
+            window = max(len(values) // 50, 5)
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1:], smooth, lw=1.6)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=90)
+    plt.close(fig)
+
+
+def _curve_for_card(curve: list[float], points: int = 200) -> list[float]:
+    if len(curve) <= points:
+        return [round(v, 6) for v in curve]
+    edges = np.linspace(0, len(curve), points + 1).astype(int)
+    return [round(float(np.mean(curve[a:b])), 6) for a, b in zip(edges[:-1], edges[1:])]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loops
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _batch_loss(network: torch.nn.Module, samples: list[tuple[torch.Tensor, torch.Tensor]], loss: LossConfig,
+                device: torch.device, total: int) -> tuple[torch.Tensor, dict]:
+    """Loss of a batch of (fixed, moving) samples, scaled by ``len(samples) / total`` (this process's share)."""
+    fixed = torch.cat([s[0] for s in samples]).to(device)
+    moving = torch.cat([s[1] for s in samples]).to(device)
+    disp = network(moving, fixed)
+    value, parts = registration_loss(loss, fixed, warp_tensor(moving, disp), disp)
+    return value * (len(samples) / total), parts
+
+
+def _progress(processes: Processes, total: int, start: int, description: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=description, disable=not processes.main, file=sys.stderr,
+                mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+
+def _check_resume(checkpoint: dict, config_json: dict, files: RunFiles) -> None:
+    saved = json.loads(checkpoint["config"])
+    if saved != config_json:
+        raise InputError(f"--resume {files.checkpoint}", "was written by a run with other settings",
+                         "resume with the same options, or start afresh without --resume")
+
+
+def train_loop(
+    network: RegistrationNetwork,
+    spec: ModelSpec,
+    datas: list[TaskData],
+    config: TrainConfig,
+    files: RunFiles,
+    processes: Processes,
+    resume: bool = False,
+    description: str = "training",
+    stop_after: int | None = None,
+) -> list[float]:
+    """Adam on the pooled pairs; returns the loss curve (all steps, including those before a resume)."""
+    if config.batch_size % processes.world_size:
+        raise InputError("--batch-size", f"{config.batch_size} is not divisible by the {processes.world_size} processes")
+    network.to(processes.device).train()
+    model = network
+    if processes.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(network)
+    optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    config_json = json.loads(json.dumps({"spec": spec.to_dict(), "train": asdict(config), "kind": description}))
+    start = 0
+    if resume and files.checkpoint.exists():
+        checkpoint = load_checkpoint(files.checkpoint)
+        _check_resume(checkpoint, config_json, files)
+        network.load_state_dict(checkpoint["network"])
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        start = int(checkpoint["step"])
+    log = LossLog(files, start if resume else None, processes.main)
+    pool = PairPool(datas)
+    bar = _progress(processes, config.steps, start, description)
+    last = time.perf_counter()
+    for step in range(start, config.steps):
+        if stop_after is not None and step >= stop_after:
+            break
+        samples = []
+        for slot in processes.mine(config.batch_size):
+            gen = generator(config.seed, step, slot)
+            data, index = pool.draw(gen)
+            samples.append(draw_sample(data, index, config.augment, gen))
+        optimiser.zero_grad(set_to_none=True)
+        value, parts = _batch_loss(model, samples, spec.loss, processes.device, config.batch_size // processes.world_size)
+        value.backward()
+        optimiser.step()
+        loss = float(value.detach())
+        if processes.distributed:
+            reduced = torch.tensor([loss], device=processes.device)
+            dist.all_reduce(reduced)
+            loss = float(reduced) / processes.world_size
+        now = time.perf_counter()
+        log.add(step, loss, parts, config.learning_rate, now - last)
+        last = now
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        done = step + 1
+        if processes.main and config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
+            save_checkpoint(files.checkpoint, {"step": done, "network": network.state_dict(),
+                                               "optimiser": optimiser.state_dict(), "config": json.dumps(config_json)})
+    bar.close()
+    log.close(files.plot, description)
+    return log.curve()
+
+
+def reptile_update(
+    network: torch.nn.Module,
+    adapted_mean: dict[str, torch.Tensor],
+    config: ReptileConfig,
+    step: int,
+    optimiser: torch.optim.Optimizer | None,
+) -> float:
+    """Move the weights toward the mean of the adapted weights; returns the step size used.
+
+    ``adam``: the meta-gradient ``θ − mean θᵢ`` is handed to ``optimiser``. ``sgd``: ``θ ← θ − β (θ − mean θᵢ)``.
+    """
+    with torch.no_grad():
+        if config.outer == "sgd":
+            beta = config.meta_step_size(step)
+            for name, parameter in network.named_parameters():
+                parameter.sub_(beta * (parameter - adapted_mean[name]))
+            return beta
+        for name, parameter in network.named_parameters():
+            parameter.grad = (parameter - adapted_mean[name]).detach().clone()
+    optimiser.step()
+    return config.outer_learning_rate
+
+
+def adapt_to_task(
+    network: RegistrationNetwork,
+    draw: Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]],
+    config: ReptileConfig,
+    loss: LossConfig,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """The inner loop: ``inner_steps`` Adam steps on a copy of ``network``; ``draw(s)`` gives inner step s's samples."""
+    adapted = copy.deepcopy(network)
+    adapted.train()
+    optimiser = torch.optim.Adam(adapted.parameters(), lr=config.inner_learning_rate)
+    losses = []
+    for inner in range(config.inner_steps):
+        samples = draw(inner)
+        optimiser.zero_grad(set_to_none=True)
+        value, _ = _batch_loss(adapted, samples, loss, device, len(samples))
+        value.backward()
+        optimiser.step()
+        losses.append(float(value.detach()))
+    return {name: p.detach() for name, p in adapted.named_parameters()}, losses
+
+
+def reptile_loop(
+    network: RegistrationNetwork,
+    spec: ModelSpec,
+    datas: list[TaskData],
+    config: ReptileConfig,
+    files: RunFiles,
+    processes: Processes,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> list[float]:
+    """Reptile meta-training (see the module docstring); returns the curve of mean inner-loop losses."""
+    network.to(processes.device).train()
+    optimiser = torch.optim.Adam(network.parameters(), lr=config.outer_learning_rate) if config.outer == "adam" else None
+    config_json = json.loads(json.dumps({"spec": spec.to_dict(), "reptile": asdict(config)}))
+    start = 0
+    if resume and files.checkpoint.exists():
+        checkpoint = load_checkpoint(files.checkpoint)
+        _check_resume(checkpoint, config_json, files)
+        network.load_state_dict(checkpoint["network"])
+        if optimiser is not None:
+            optimiser.load_state_dict(checkpoint["optimiser"])
+        start = int(checkpoint["step"])
+    log = LossLog(files, start if resume else None, processes.main)
+    pool = PairPool(datas)
+    bar = _progress(processes, config.steps, start, f"Reptile ({config.level} level)")
+    last = time.perf_counter()
+    names = [name for name, _ in network.named_parameters()]
+    for step in range(start, config.steps):
+        if stop_after is not None and step >= stop_after:
+            break
+        total = {name: torch.zeros_like(p) for name, p in network.named_parameters()}
+        inner_losses = torch.zeros(2, device=processes.device)  # (sum of final inner losses, count)
+        for slot in processes.mine(config.tasks_per_step):
+            task_gen = generator(config.seed, step, slot)
+            if config.level == "task":
+                data = datas[_randint(task_gen, len(datas))]
+
+                def draw(inner, data=data, slot=slot):
+                    gens = [generator(config.seed, step, slot, inner, j) for j in range(config.inner_batch_size)]
+                    return [draw_sample(data, _randint(g, len(data)), config.augment, g) for g in gens]
+            else:
+                data, index = pool.draw(task_gen)
+
+                def draw(inner, data=data, index=index, slot=slot):
+                    return [draw_sample(data, index, config.augment, generator(config.seed, step, slot, inner))]
+
+            adapted, losses = adapt_to_task(network, draw, config, spec.loss, processes.device)
+            for name in names:
+                total[name] += adapted[name]
+            inner_losses += torch.tensor([losses[-1], 1.0], device=processes.device)
+        if processes.distributed:
+            flat = torch.cat([total[name].flatten() for name in names])
+            dist.all_reduce(flat)
+            dist.all_reduce(inner_losses)
+            offset = 0
+            for name in names:
+                count = total[name].numel()
+                total[name] = flat[offset: offset + count].view_as(total[name])
+                offset += count
+        mean = {name: total[name] / config.tasks_per_step for name in names}
+        rate = reptile_update(network, mean, config, step, optimiser)
+        loss = float(inner_losses[0] / inner_losses[1])
+        now = time.perf_counter()
+        log.add(step, loss, {}, rate, now - last)
+        last = now
+        bar.update(1)
+        bar.set_postfix(inner_loss=f"{loss:.4f}", refresh=False)
+        done = step + 1
+        if processes.main and config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
+            save_checkpoint(files.checkpoint, {
+                "step": done, "network": network.state_dict(),
+                "optimiser": optimiser.state_dict() if optimiser is not None else {},
+                "config": json.dumps(config_json)})
+    bar.close()
+    log.close(files.plot, f"Reptile ({config.level} level): final inner-loop loss per meta-step")
+    return log.curve()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Commands: build, run, write the model and its card
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _task_summary(tasks: list[Task]) -> list[dict]:
+    return [{"name": t.name, "pairs": len(t.pairs), "role": t.role, "domain": t.info.get("domain")} for t in tasks]
+
+
+def _write_model(network: RegistrationNetwork, spec: ModelSpec, files: RunFiles, processes: Processes,
+                 training: dict, purpose: str, adaptation_rate: float) -> None:
+    if not processes.main:
+        return
+    card = {
+        "purpose": purpose,
+        **{k: v for k, v in spec.to_dict().items() if k != "architecture"},
+        "adaptation": {"learning_rate": adaptation_rate},
+        "training": training,
+        "metrics": {},
+    }
+    save_model(network.cpu(), files.out, card)
+
+
+def _init_network(spec: ModelSpec, parent: str | None, seed: int) -> tuple[RegistrationNetwork, ModelSpec, dict | None]:
+    if parent:
+        loaded = load_model(parent)
+        parent_info = {"name": loaded.name, "file": str(loaded.weights_path), "sha256": loaded.card["sha256"],
+                       "stage": (loaded.card.get("training") or {}).get("stage")}
+        return loaded.network, ModelSpec.from_card(loaded.card), parent_info
+    torch.manual_seed(seed)
+    return build_network(spec.architecture), spec, None
+
+
+def pretrain(tasks: list[Task], spec: ModelSpec, config: TrainConfig, out: Path, device: str = "auto",
+             resume: bool = False, parent: str | None = None, stage: str = "pretrain", command: str = "",
+             purpose: str = "", stop_after: int | None = None) -> list[float]:
+    """Train (or, with ``parent``, fine-tune) a network on the pooled pairs of ``tasks``; writes ``out`` + card."""
+    processes = start_processes(device)
+    files = RunFiles(out)
+    network, spec, parent_info = _init_network(spec, parent, config.seed)
+    datas = [TaskData(task, spec.grid, spec.normalisation) for task in tasks]
+    started = time.perf_counter()
+    curve = train_loop(network, spec, datas, config, files, processes, resume, stage, stop_after)
+    if stop_after is not None and stop_after < config.steps:
+        return curve
+    training = {
+        "stage": stage, "parent": parent_info, "tasks": _task_summary(tasks), "steps": config.steps,
+        "batch_size": config.batch_size, "learning_rate": config.learning_rate, "augment": config.augment.to_dict(),
+        "seed": config.seed, "processes": processes.world_size, "device": processes.device.type,
+        "parameters": count_parameters(network), "seconds_this_run": round(time.perf_counter() - started, 1),
+        "final_loss": float(np.mean(curve[-20:])) if curve else None, "loss_curve": _curve_for_card(curve),
+        "loss_log": files.log.name, "command": command,
+    }
+    _write_model(network, spec, files, processes, training, purpose or f"{stage} on {', '.join(t.name for t in tasks)}",
+                 config.learning_rate)
+    return curve
+
+
+def finetune(parent: str, tasks: list[Task], config: TrainConfig, out: Path, device: str = "auto",
+             resume: bool = False, command: str = "") -> list[float]:
+    """Adapt ``parent`` to a small target-domain set; a new model file whose card names the parent."""
+    return pretrain(tasks, None, config, out, device, resume, parent=parent, stage="finetune", command=command,
+                    purpose=f"fine-tuned from {Path(parent).stem} on {', '.join(t.name for t in tasks)}")
+
+
+def metatrain(tasks: list[Task], spec: ModelSpec | None, config: ReptileConfig, out: Path, device: str = "auto",
+              resume: bool = False, parent: str | None = None, command: str = "",
+              stop_after: int | None = None) -> list[float]:
+    """Reptile meta-training from ``parent`` (or a fresh network); writes ``out`` + card."""
+    processes = start_processes(device)
+    files = RunFiles(out)
+    network, spec, parent_info = _init_network(spec, parent, config.seed)
+    datas = [TaskData(task, spec.grid, spec.normalisation) for task in tasks]
+    if config.level == "task" and len(datas) < 2:
+        raise InputError("--tasks", "task-level Reptile needs at least two tasks (domains)")
+    started = time.perf_counter()
+    curve = reptile_loop(network, spec, datas, config, files, processes, resume, stop_after)
+    if stop_after is not None and stop_after < config.steps:
+        return curve
+    training = {
+        "stage": f"metatrain-{config.level}", "parent": parent_info, "tasks": _task_summary(tasks),
+        "reptile": asdict(config), "processes": processes.world_size, "device": processes.device.type,
+        "parameters": count_parameters(network), "seconds_this_run": round(time.perf_counter() - started, 1),
+        "final_inner_loss": float(np.mean(curve[-20:])) if curve else None, "loss_curve": _curve_for_card(curve),
+        "loss_log": files.log.name, "command": command,
+    }
+    purpose = (f"Reptile ({config.level} level) on {', '.join(t.name for t in tasks)}: an initialisation that adapts "
+               f"in {config.inner_steps} steps")
+    _write_model(network, spec, files, processes, training, purpose, config.inner_learning_rate)
+    return curve
+
+
+__all__ = ["ModelSpec", "TrainConfig", "ReptileConfig", "pretrain", "finetune", "metatrain", "reptile_update",
+           "adapt_to_task", "generator", "save_checkpoint", "load_checkpoint"]
