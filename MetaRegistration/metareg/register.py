@@ -247,6 +247,7 @@ def register(
     with stages.stage("metrics", "metrics"):
         fixed_array = sitk.GetArrayViewFromImage(fixed).astype(np.float64)
         moving_on_fixed = resample_onto(moving, Grid.from_image(fixed))
+        overlap = overlap_mask(moving, displacement)
         jacobian = metrics.jacobian_determinant(displacement)
         report_dict = {
             "method": "network" if model is not None else "iterative",
@@ -257,8 +258,9 @@ def register(
             "dimension": dim,
             "fixed_grid": _grid_dict(Grid.from_image(fixed)),
             "model_grid": _grid_dict(grid),
-            "ncc_before": metrics.ncc(fixed_array, sitk.GetArrayViewFromImage(moving_on_fixed)),
-            "ncc_after": metrics.ncc(fixed_array, sitk.GetArrayViewFromImage(warped)),
+            "ncc_before": metrics.ncc(fixed_array, sitk.GetArrayViewFromImage(moving_on_fixed), overlap),
+            "ncc_after": metrics.ncc(fixed_array, sitk.GetArrayViewFromImage(warped), overlap),
+            "ncc_region_fraction": float(overlap.mean()),
             **metrics.field_summary(displacement),
         }
         if model is None:
@@ -273,6 +275,20 @@ def register(
     report_dict["seconds"] = stages.seconds
     report_dict["loss_curve"] = loss_curve
     return RegistrationResult(displacement, warped, jacobian, report_dict, loss_curve, prealign, warped_labels)
+
+
+def overlap_mask(moving: sitk.Image, displacement: sitk.Image) -> np.ndarray:
+    """Fixed-grid voxels that see the inside of the moving image both without a transform and through the field.
+
+    NCC before and after is measured on this common region, so that neither number counts the padding outside
+    the moving image (which would favour whichever mapping stays inside it).
+    """
+    inside = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    inside.CopyInformation(moving)
+    fixed_grid = Grid.from_image(displacement)
+    before = resample_onto(inside, fixed_grid, interpolator=sitk.sitkNearestNeighbor, pixel_type=sitk.sitkUInt8)
+    after = warp_image(inside, displacement, sitk.sitkNearestNeighbor)
+    return (sitk.GetArrayFromImage(before) > 0) & (sitk.GetArrayFromImage(after) > 0)
 
 
 def landmark_report(
