@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import subprocess
@@ -40,7 +39,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "MetaRegistration"))
 
 from metareg.landmarks import Landmarks, read_landmarks, write_landmarks  # noqa: E402
-from metareg.geometry import map_points, warp_image
+from metareg.geometry import map_points, warp_image  # noqa: E402
+from metareg.modelio import sha256_of  # noqa: E402
 from metareg.synthetic import invert_points, random_smooth_field  # noqa: E402
 
 SOURCES = {
@@ -85,14 +85,6 @@ BIAS_AMPLITUDE = 0.1
 BIAS_RADIUS_MM = 80.0
 NOISE_SD = 0.005  # of full scale
 NOISE_SEED = 7
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def obtain(name: str, work: Path) -> Path:
