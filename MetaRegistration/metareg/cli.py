@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from . import __version__
 from .device import DEVICE_CHOICES
 from .errors import InputError, MetaRegError, OutputError
-from .imageio import atomic_output, check_same_dimension, read_image, write_image
+from .imageio import atomic_output, check_output_path, check_same_dimension, read_image, write_image
 from .iterative import IterativeConfig
 from .landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
 from .losses import SIMILARITIES, LossConfig
@@ -60,12 +60,7 @@ class Outputs:
     def add(self, option: str, path: str | None, writer: Callable[[Path], None]) -> None:
         if path is None:
             return
-        target = Path(path)
-        folder = target.parent
-        if target.is_dir():
-            raise OutputError(f"{option} {target}: is a folder (give a file name)")
-        if not folder.is_dir():
-            raise OutputError(f"{option} {target}: folder {folder} does not exist (create it first)")
+        target = check_output_path(path, option)
         for other, planned, _ in self.planned:
             if planned.resolve() == target.resolve():
                 raise OutputError(f"{option} {target}: is also given as {other} (give each output its own file)")

@@ -83,6 +83,16 @@ def check_same_dimension(fixed: sitk.Image, moving: sitk.Image, fixed_name: str,
         )
 
 
+def check_output_path(path: str | Path, name: str) -> Path:
+    """``path`` as a Path if it can name an output file: not a folder, in a folder that exists."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"{name} {target}: is a folder (give a file name)")
+    if not target.parent.is_dir():
+        raise OutputError(f"{name} {target}: folder {target.parent} does not exist (create it first)")
+    return target
+
+
 @contextmanager
 def atomic_output(path: str | Path, name: str) -> Iterator[Path]:
     """Give a temporary path to write ``path`` through; move the result into place only if the block succeeds.
@@ -94,12 +104,8 @@ def atomic_output(path: str | Path, name: str) -> Iterator[Path]:
     Raises:
         OutputError: the parent folder is missing or not writable, ``path`` is a folder, or the move fails.
     """
-    target = Path(path)
+    target = check_output_path(path, name)
     folder = target.parent
-    if target.is_dir():
-        raise OutputError(f"{name} {target}: is a folder (give a file name)")
-    if not folder.is_dir():
-        raise OutputError(f"{name} {target}: folder {folder} does not exist (create it first)")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{name} {target}: folder {folder} is not writable (choose another folder)")
     try:
