@@ -6,14 +6,11 @@ The model zoo is not there yet, so the demo uses the built-in iterative method (
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import SimpleITK as sitk
 
-from .cli import _json_safe, _one_line, ProgressBar
-from .geometry import field_to_transform
+from .cli import Outputs, ProgressBar, _one_line, _write_json, _write_transform
 from .imageio import atomic_output, read_image, write_image
 from .landmarks import read_landmarks
 from .register import register
@@ -37,6 +34,12 @@ PAIRS = {
 }
 METHOD_NOTE = ("Method: the built-in iterative method (multi-resolution optimisation of the displacement field, "
                "local NCC + smoothness). The model zoo is not shipped yet, so no network is used.")
+
+
+def _write_report_png(path: Path, fixed, moving, result, report: dict, pair: str) -> None:
+    with atomic_output(path, "report PNG") as temporary:
+        render_report_png(temporary, fixed, moving, result.warped, result.jacobian, report,
+                          title=f"MetaRegistration demo: {pair}", note=METHOD_NOTE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,17 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     report = {"pair": args.pair, "fixed": pair["fixed"], "moving": pair["moving"], "note": METHOD_NOTE,
               **result.report}
 
-    write_image(result.warped, out / "warped.nii.gz", "warped")
-    write_image(result.field, out / "field.nii.gz", "field")
-    with atomic_output(out / "transform.h5", "transform") as temporary:
-        sitk.WriteTransform(field_to_transform(result.field), str(temporary))
-    write_image(checkerboard(fixed, result.warped), out / "checkerboard.nii.gz", "checkerboard")
-    write_image(result.jacobian, out / "jacobian.nii.gz", "jacobian")
-    with atomic_output(out / "report.json", "report") as temporary:
-        temporary.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
-    with atomic_output(out / "report.png", "report PNG") as temporary:
-        render_report_png(temporary, fixed, moving, result.warped, result.jacobian, report,
-                          title=f"MetaRegistration demo: {args.pair}", note=METHOD_NOTE)
+    outputs = Outputs()
+    outputs.add("warped", out / "warped.nii.gz", lambda p: write_image(result.warped, p, "warped"))
+    outputs.add("field", out / "field.nii.gz", lambda p: write_image(result.field, p, "field"))
+    outputs.add("transform", out / "transform.h5", lambda p: _write_transform(result.field, p, "transform"))
+    outputs.add("checkerboard", out / "checkerboard.nii.gz",
+                lambda p: write_image(checkerboard(fixed, result.warped), p, "checkerboard"))
+    outputs.add("jacobian", out / "jacobian.nii.gz", lambda p: write_image(result.jacobian, p, "jacobian"))
+    outputs.add("report", out / "report.json", lambda p: _write_json(report, p, "report"))
+    outputs.add("report PNG", out / "report.png", lambda p: _write_report_png(p, fixed, moving, result, report, args.pair))
+    outputs.write()
     print(_one_line(report))
     print(f"Wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}/")
     return 0
