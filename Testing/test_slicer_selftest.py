@@ -1,0 +1,38 @@
+"""The module's self-test body (MetaRegistrationLib.selftest), run here on slicer-core exactly as Slicer runs it."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration"))
+
+from MetaRegistrationLib import headless, logic, selftest  # noqa: E402
+
+
+def test_self_test_body_passes_on_slicer_core():
+    headless.get_app()
+    headless.clear_scene()
+    messages = []
+    result = selftest.run_self_test(headless.get_app().scene, log=messages.append)
+    assert messages[-1] == "MetaRegistration self-test passed"
+    assert result.report["tre_after"]["mean"] < result.report["tre_before"]["mean"]
+
+
+def test_self_test_uses_the_smallest_3d_zoo_model_when_there_is_one(tmp_path):
+    """With a zoo, the self-test picks its smallest 3D model and adapts it for a few steps (no registration here)."""
+    import json
+
+    from metareg.modelio import save_model
+    from metareg.networks import build_network
+
+    assert selftest.self_test_settings(tmp_path).model == logic.ITERATIVE  # no index: iterative method
+    entries = []
+    for name, channels in (("big-3d", [16, 16]), ("small-3d", [4, 4]), ("tiny-2d", [2, 2])):
+        dim = 2 if name.endswith("2d") else 3
+        network = build_network({"family": "unet", "dim": dim, "encoder_channels": channels,
+                                 "decoder_channels": channels + [channels[-1]]})
+        save_model(network, tmp_path / f"{name}.safetensors", {"purpose": f"{name} test model"})
+        entries.append({"name": name, "file": f"{name}.safetensors", "dimension": dim, "purpose": "test"})
+    (tmp_path / "index.json").write_text(json.dumps({"models": entries}))
+    settings = selftest.self_test_settings(tmp_path)
+    assert settings.model == "small-3d" and settings.adapt_steps == selftest.SELF_TEST_ADAPT_STEPS
+    assert [choice.value for choice in logic.model_choices(tmp_path)] == [logic.ITERATIVE, "big-3d", "small-3d"]
