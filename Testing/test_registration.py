@@ -185,6 +185,7 @@ def test_model_round_trip_rebuilds_the_same_network(tmp_path):
     loaded = load_model(path)
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["sha256"] == sha256_of(path)
+    assert path.stat().st_mode & 0o044  # readable by others, like any file the user writes
     assert card["architecture"]["family"] == "unet" and card["grid"]["size"] == [64, 64]
     x, y = torch.rand(1, 1, 40, 36), torch.rand(1, 1, 40, 36)
     with torch.no_grad():

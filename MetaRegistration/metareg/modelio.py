@@ -97,6 +97,10 @@ def save_model(network: RegistrationNetwork, weights_path: str | Path, card: dic
             "sha256": sha256_of(tmp_weights),
         }
         tmp_card.write_text(json.dumps(full_card, indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp in (tmp_weights, tmp_card):  # safetensors writes owner-only files; give the usual permissions
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp_weights, weights_path)
         os.replace(tmp_card, card_path)
     finally:
