@@ -292,3 +292,16 @@ def test_finetune_card_names_parent_data_steps_and_curve(task_root, tmp_path):
     assert training["tasks"][0]["name"] == "brain-t1-moved" and training["tasks"][0]["pairs"] > 0
     assert len(training["loss_curve"]) == 6 and "metareg finetune" in training["command"]
     assert card["grid"] == {"size": [64, 64], "spacing": None} and card["architecture"]["encoder_channels"] == [8, 16, 16]
+
+
+def test_finetune_reports_progress_and_can_be_cancelled(task_root, tmp_path):
+    from metareg.errors import Cancelled
+
+    fractions = []
+    config = TrainConfig(steps=6, batch_size=2, checkpoint_every=2)
+    with pytest.raises(Cancelled):
+        train_loop(fresh_network(), SPEC, datas(task_root, "brain-t1"), config, RunFiles(tmp_path / "c.safetensors"),
+                   Processes(), progress=lambda f, m: fractions.append(f), should_stop=lambda: len(fractions) >= 3)
+    assert fractions == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert not (tmp_path / "c.safetensors").exists()
+    assert torch.load(tmp_path / "c.ckpt" / "last.pt", weights_only=True)["step"] == 2

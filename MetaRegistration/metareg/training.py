@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from .augment import AugmentConfig, augment
 from .device import resolve_device
-from .errors import InputError
+from .errors import Cancelled, InputError
 from .geometry import warp_tensor
 from .losses import LossConfig, registration_loss
 from .modelio import load_model, save_model
@@ -359,8 +359,14 @@ def train_loop(
     resume: bool = False,
     description: str = "training",
     stop_after: int | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[float]:
-    """Adam on the pooled pairs; returns the loss curve (all steps, including those before a resume)."""
+    """Adam on the pooled pairs; returns the loss curve (all steps, including those before a resume).
+
+    ``progress(fraction, message)`` is called after every step; ``should_stop()`` is polled before every step and
+    raises :class:`metareg.errors.Cancelled` (the last checkpoint stays; no model is written).
+    """
     if config.batch_size % processes.world_size:
         raise InputError("--batch-size", f"{config.batch_size} is not divisible by the {processes.world_size} processes")
     network.to(processes.device).train()
@@ -383,6 +389,10 @@ def train_loop(
     for step in range(start, config.steps):
         if stop_after is not None and step >= stop_after:
             break
+        if should_stop is not None and should_stop():
+            bar.close()
+            log.close(files.plot, description)
+            raise Cancelled(f"{description} cancelled at step {step}")
         samples = []
         for slot in processes.mine(config.batch_size):
             gen = generator(config.seed, step, slot)
@@ -403,6 +413,8 @@ def train_loop(
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         done = step + 1
+        if progress is not None:
+            progress(done / config.steps, f"{description} step {done}/{config.steps}, loss {loss:.4f}")
         if processes.main and config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
             save_checkpoint(files.checkpoint, {"step": done, "network": network.state_dict(),
                                                "optimiser": optimiser.state_dict(), "config": json.dumps(config_json)})
@@ -569,14 +581,14 @@ def _init_network(spec: ModelSpec, parent: str | None, seed: int) -> tuple[Regis
 
 def pretrain(tasks: list[Task], spec: ModelSpec, config: TrainConfig, out: Path, device: str = "auto",
              resume: bool = False, parent: str | None = None, stage: str = "pretrain", command: str = "",
-             purpose: str = "", stop_after: int | None = None) -> list[float]:
+             purpose: str = "", stop_after: int | None = None, progress=None, should_stop=None) -> list[float]:
     """Train (or, with ``parent``, fine-tune) a network on the pooled pairs of ``tasks``; writes ``out`` + card."""
     processes = start_processes(device)
     files = RunFiles(out)
     network, spec, parent_info = _init_network(spec, parent, config.seed)
     datas = [TaskData(task, spec.grid, spec.normalisation) for task in tasks]
     started = time.perf_counter()
-    curve = train_loop(network, spec, datas, config, files, processes, resume, stage, stop_after)
+    curve = train_loop(network, spec, datas, config, files, processes, resume, stage, stop_after, progress, should_stop)
     if stop_after is not None and stop_after < config.steps:
         return curve
     training = {
@@ -593,10 +605,14 @@ def pretrain(tasks: list[Task], spec: ModelSpec, config: TrainConfig, out: Path,
 
 
 def finetune(parent: str, tasks: list[Task], config: TrainConfig, out: Path, device: str = "auto",
-             resume: bool = False, command: str = "") -> list[float]:
-    """Adapt ``parent`` to a small target-domain set; a new model file whose card names the parent."""
+             resume: bool = False, command: str = "", progress=None, should_stop=None) -> list[float]:
+    """Adapt ``parent`` to a small target-domain set; a new model file whose card names the parent.
+
+    ``progress``/``should_stop`` as in :func:`train_loop` (a GUI can show and cancel it).
+    """
     return pretrain(tasks, None, config, out, device, resume, parent=parent, stage="finetune", command=command,
-                    purpose=f"fine-tuned from {Path(parent).stem} on {', '.join(t.name for t in tasks)}")
+                    purpose=f"fine-tuned from {Path(parent).stem} on {', '.join(t.name for t in tasks)}",
+                    progress=progress, should_stop=should_stop)
 
 
 def metatrain(tasks: list[Task], spec: ModelSpec | None, config: ReptileConfig, out: Path, device: str = "auto",
