@@ -18,7 +18,6 @@ import json
 import platform
 import shlex
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from metareg.landmarks import match_landmarks, read_landmarks  # noqa: E402
 from metareg.modelio import load_model  # noqa: E402
 from metareg.register import register  # noqa: E402
 from metareg.tasks import default_data_dir, load_task  # noqa: E402
-from peers import elastix_available, run_elastix  # noqa: E402
+from peers import run_elastix  # noqa: E402
 
 
 def summarise(rows: list[dict]) -> dict:
