@@ -336,37 +336,18 @@ def _one_line(report: dict) -> str:
 # evaluate
 # ---------------------------------------------------------------------------------------------------------------------
 
-PAIR_COLUMNS = ("fixed", "moving", "fixed_landmarks", "moving_landmarks", "fixed_labels", "moving_labels")
 RESULT_COLUMNS = ("pair", "fixed", "moving", "status", "ncc_before", "ncc_after", "tre_before_mean_mm",
                   "tre_after_mean_mm", "tre_after_median_mm", "tre_after_p90_mm", "tre_after_max_mm", "n_landmarks",
                   "mean_dice_before", "mean_dice_after",
                   "folding_fraction", "std_log_jacobian", "seconds", "error")
 
 
-def _read_pairs(path: str) -> list[dict]:
-    pairs_path = Path(path)
-    if not pairs_path.is_file():
-        raise InputError(f"--pairs {path}", "does not exist", "give a CSV with columns fixed,moving[,fixed_landmarks,"
-                                                              "moving_landmarks]")
-    with open(pairs_path, newline="") as handle:
-        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
-    if not rows or "fixed" not in rows[0] or "moving" not in rows[0]:
-        raise InputError(f"--pairs {path}", "needs a header with at least the columns fixed,moving")
-    base = pairs_path.parent
-
-    def resolve(value: str | None) -> str | None:
-        if not value:
-            return None
-        candidate = Path(value)
-        return str(candidate if candidate.is_absolute() else base / candidate)
-
-    return [{key: resolve(row.get(key)) for key in PAIR_COLUMNS} for row in rows]
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     from .register import register
 
-    pairs = _read_pairs(args.pairs)
+    from .tasks import read_pairs_csv
+
+    pairs = [vars(pair) for pair in read_pairs_csv(args.pairs)]
     model = _load_method(args)
     outputs = Outputs()
     box: dict = {}

@@ -26,6 +26,9 @@ from .imageio import read_image
 from .preprocess import prepare_pair
 
 
+PAIR_COLUMNS = ("fixed", "moving", "fixed_landmarks", "moving_landmarks", "fixed_labels", "moving_labels")
+
+
 @dataclass
 class Pair:
     """One fixed/moving pair: file paths or in-memory images (``fixed_image``/``moving_image`` win when set)."""
@@ -34,6 +37,8 @@ class Pair:
     moving: str | None = None
     fixed_landmarks: str | None = None
     moving_landmarks: str | None = None
+    fixed_labels: str | None = None
+    moving_labels: str | None = None
     fixed_image: sitk.Image | None = field(default=None, repr=False)
     moving_image: sitk.Image | None = field(default=None, repr=False)
 
@@ -55,7 +60,8 @@ class Task:
 
 
 def read_pairs_csv(path: str | Path, name: str = "--pairs") -> list[Pair]:
-    """Pairs of a CSV with at least ``fixed,moving`` (relative paths are relative to the CSV's folder)."""
+    """Pairs of a CSV with at least ``fixed,moving`` and optionally the other :data:`PAIR_COLUMNS` (relative paths are
+    relative to the CSV's folder; empty cells are None)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{name} {path}", "does not exist", "give a CSV with columns fixed,moving")
@@ -70,8 +76,7 @@ def read_pairs_csv(path: str | Path, name: str = "--pairs") -> list[Pair]:
         candidate = Path(value)
         return str(candidate if candidate.is_absolute() else path.parent / candidate)
 
-    return [Pair(resolve(row["fixed"]), resolve(row["moving"]), resolve(row.get("fixed_landmarks")),
-                 resolve(row.get("moving_landmarks"))) for row in rows]
+    return [Pair(*(resolve(row.get(column)) for column in PAIR_COLUMNS)) for row in rows]
 
 
 def load_task(spec: str | Path, data_dir: str | Path | None = None) -> Task:
