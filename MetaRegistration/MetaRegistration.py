@@ -28,8 +28,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MetaRegistrationLib import convert, dependencies, outputs, sampledata, selftest, views
+from MetaRegistrationLib import convert, dependencies, finetune, outputs, sampledata, selftest, views
 from MetaRegistrationLib import logic as registration
+
+MODEL_FOLDER_SETTING = "MetaRegistration/UserModelFolder"
 
 #
 # MetaRegistration
@@ -87,6 +89,7 @@ class MetaRegistrationParameterNode:
     device: str = "auto"
     checkerboardSquares: Annotated[int, WithinRange(2, 64)] = 8
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    finetuneSteps: Annotated[int, WithinRange(1, 10000)] = 200
     outputTransform: vtkMRMLGridTransformNode
 
 
@@ -103,6 +106,7 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None
+        self._finetuneJob = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -115,6 +119,9 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(100)
         self._pollTimer.connect("timeout()", self.onPoll)
+        self._finetuneTimer = qt.QTimer()
+        self._finetuneTimer.setInterval(200)
+        self._finetuneTimer.connect("timeout()", self.onFinetunePoll)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -131,14 +138,20 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkerboardSquaresSpinBox.connect("valueChanged(int)", self.onCheckerboardSquaresChanged)
         self.ui.lossPlotButton.connect("clicked(bool)", self.onShowLossPlot)
         self.ui.placeUnderTransformButton.connect("clicked(bool)", self.onPlaceUnderTransform)
+        self.ui.finetuneButton.connect("clicked(bool)", self.onFinetuneButton)
+        self.ui.modelFolderPathLineEdit.currentPath = str(qt.QSettings().value(
+            MODEL_FOLDER_SETTING, str(finetune.default_user_model_dir())))
+        self.ui.modelFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelFolderChanged)
 
         self.fillChoices()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._job is not None and not self._job.done:
-            self._job.cancel()
+        for job in (self._job, self._finetuneJob):
+            if job is not None and not job.done:
+                job.cancel()
         self._pollTimer.stop()
+        self._finetuneTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -151,8 +164,9 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._job is not None and not self._job.done:
-            self._job.cancel()
+        for job in (self._job, self._finetuneJob):
+            if job is not None and not job.done:
+                job.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -179,7 +193,7 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def fillChoices(self) -> None:
         """Models of the zoo and the devices this computer has (torch may not be installed yet)."""
         try:
-            modelChoices = registration.model_choices()
+            modelChoices = registration.model_choices(user_model_dir=self.ui.modelFolderPathLineEdit.currentPath)
         except Exception as error:  # torch missing: only the iterative method can be listed; Apply installs torch
             logging.info(f"MetaRegistration: model zoo not listed yet ({error})")
             modelChoices = [registration.Choice("iterative (no network)", registration.ITERATIVE)]
@@ -230,6 +244,9 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.adaptStepsSpinBox.enabled = network
         self.ui.diffeomorphicCheckBox.enabled = not network
         hasOutputs = bool(p and p.outputTransform)
+        adapting = self._finetuneJob is not None and not self._finetuneJob.done
+        self.ui.finetuneButton.text = "Cancel adapting" if adapting else "Start adapting"
+        self.ui.finetuneButton.enabled = adapting or network
         for button in (self.ui.overlayButton, self.ui.checkerboardButton, self.ui.jacobianButton,
                        self.ui.landmarksButton, self.ui.lossPlotButton, self.ui.placeUnderTransformButton):
             button.enabled = hasOutputs and not running
@@ -279,6 +296,55 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if result is not None:
             self._parameterNode.outputTransform = result.transform
             self.onShowCheck("overlay")
+        self.updateButtons()
+
+    # --- adapt the model to my images -------------------------------------------------------------------------------
+
+    def onModelFolderChanged(self, path) -> None:
+        qt.QSettings().setValue(MODEL_FOLDER_SETTING, path)
+        self.fillChoices()
+
+    def onFinetuneButton(self) -> None:
+        if self._finetuneJob is not None and not self._finetuneJob.done:
+            self._finetuneJob.cancel()
+            self.ui.finetuneProgressBar.format = "Cancelling…"
+            return
+        if not self.ensureDependencies():
+            return
+        p = self._parameterNode
+        inputs = finetune.FinetuneInputs(p.fixedVolume, list(self.ui.finetuneVolumesSelector.checkedNodes()),
+                                         self.ui.finetunePairsPathLineEdit.currentPath or None)
+        settings = finetune.FinetuneSettings(parent=p.model, steps=p.finetuneSteps, device=p.device,
+                                             model_dir=self.ui.modelFolderPathLineEdit.currentPath or None)
+        try:
+            self._finetuneJob = self.logic.start_finetune(inputs, settings)
+        except convert.NodeInputError as error:
+            slicer.util.errorDisplay(str(error), windowTitle="MetaRegistration: adapt the model")
+            return
+        self.ui.finetuneProgressBar.value = 0
+        self._finetuneTimer.start()
+        self.updateButtons()
+
+    def onFinetunePoll(self) -> None:
+        fraction, message = self._finetuneJob.progress
+        self.ui.finetuneProgressBar.value = int(round(100 * fraction))
+        self.ui.finetuneProgressBar.format = f"%p %  {message}"
+        if not self._finetuneJob.done:
+            return
+        self._finetuneTimer.stop()
+        job, self._finetuneJob = self._finetuneJob, None
+        try:
+            path = self.logic.finish_finetune(job)
+        except Exception as error:
+            self.ui.finetuneProgressBar.format = "Failed; no model was saved."
+            slicer.util.errorDisplay(f"Adapting the model failed: {error}", windowTitle="MetaRegistration",
+                                     detailedText=job.error_details or None)
+            path = None
+        else:
+            self.ui.finetuneProgressBar.format = f"Saved {path}" if path else "Cancelled; no model was saved."
+        if path is not None:
+            self.fillChoices()
+            self.selectChoice(self.ui.modelComboBox, str(path))
         self.updateButtons()
 
     def ensureDependencies(self) -> bool:

@@ -19,7 +19,7 @@ UI = REPO / "Resources" / "UI" / "MetaRegistration.ui"
 sys.path.insert(0, str(REPO / "MetaRegistration"))
 
 import MetaRegistrationLib.logic  # noqa: E402
-from MetaRegistrationLib import convert, dependencies, outputs, sampledata, selftest, views  # noqa: E402
+from MetaRegistrationLib import convert, dependencies, finetune, outputs, sampledata, selftest, views  # noqa: E402
 
 QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QSpinBox", "QCheckBox", "QProgressBar",
               "QFormLayout", "QVBoxLayout", "QHBoxLayout"}
@@ -62,7 +62,8 @@ def test_ui_is_valid_qt_designer_xml(ui_tree):
     for layout in ui_tree.iter("layout"):
         assert layout.get("class") in QT_CLASSES
     # every MRML node selector gets the scene from the top widget
-    selectors = {w.get("name") for w in ui_tree.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    selectors = {w.get("name") for w in ui_tree.iter("widget")
+                 if w.get("class") in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox")}
     receivers = {c.find("receiver").text for c in root.find("connections")
                  if c.find("signal").text == "mrmlSceneChanged(vtkMRMLScene*)"}
     assert selectors and selectors == receivers
@@ -94,12 +95,12 @@ def test_widgets_bound_to_the_parameter_node_name_its_fields(ui_tree, module_ast
 
 def test_everything_the_widget_calls_in_the_library_exists(module_ast):
     libraries = {"registration": MetaRegistrationLib.logic, "convert": convert, "dependencies": dependencies,
-                 "outputs": outputs, "sampledata": sampledata, "selftest": selftest, "views": views}
+                 "finetune": finetune, "outputs": outputs, "sampledata": sampledata, "selftest": selftest, "views": views}
     for node in ast.walk(module_ast):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in libraries:
             assert hasattr(libraries[node.value.id], node.attr), f"{node.value.id}.{node.attr} does not exist"
     logic_calls = attributes_of(module_ast, "logic") - {"getParameterNode"}
-    assert logic_calls == {"start", "finish", "place_under_transform"}
+    assert logic_calls == {"start", "finish", "start_finetune", "finish_finetune", "place_under_transform"}
     assert all(hasattr(MetaRegistrationLib.logic.MetaRegistrationLogic, name) for name in logic_calls)
 
 

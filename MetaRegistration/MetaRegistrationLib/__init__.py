@@ -9,6 +9,8 @@ install torch) before torch is present.
 - :mod:`.outputs`: the output nodes of a run (warped volume, transform, checkerboard, Jacobian, tables, plot).
 - :mod:`.views`: slice-view layers for each visual check (overlay, checkerboard, Jacobian, landmarks).
 - :mod:`.logic`: runs the engine in a background thread with progress and cancel; applies results on success only.
+- :mod:`.finetune`: adapt a model to my images: fine-tune on scene volumes or a pairs CSV in a background thread,
+  saving the new model and its card into the user's model folder.
 - :mod:`.selftest`: the self-test body shared by Slicer's ScriptedLoadableModuleTest and pytest.
 - :mod:`.dependencies`: which Python packages the engine needs and which are missing.
 - :mod:`.sampledata`: the sample data and the module's resources, loaded through MRML storage nodes.

@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import convert, outputs
+from . import convert, finetune, outputs
 
 ITERATIVE = "iterative"
 LOG = logging.getLogger("MetaRegistration")
@@ -288,6 +288,48 @@ class MetaRegistrationLogic:
                 job.cancel()
         return self.finish(job)
 
+    # --- adapt the model to my images (fine-tuning; never changes the scene) -----------------------------------------
+
+    def start_finetune(self, inputs: finetune.FinetuneInputs,
+                       settings: finetune.FinetuneSettings) -> finetune.FinetuneJob:
+        """Read the volumes (main thread) and start fine-tuning ``settings.parent`` on them in a background thread.
+
+        Raises:
+            convert.NodeInputError: the inputs or settings cannot be used (the message says which and what to do).
+        """
+        prepared = finetune.prepare_finetune(inputs, settings)
+        LOG.info("MetaRegistration: adapting %s to %s -> %s", settings.parent, prepared.description, prepared.out)
+        return finetune.FinetuneJob(prepared, settings).start()
+
+    def finish_finetune(self, job: finetune.FinetuneJob):
+        """The new model's path (its card beside it) once the job ended; None when it was cancelled (no file written).
+
+        Raises:
+            The job's error when it failed (no file written); ``job.error_details`` has the traceback.
+        """
+        if not job.done:
+            raise RuntimeError("the fine-tuning is still running; wait for it or cancel it first")
+        if job.cancelled:
+            LOG.info("MetaRegistration: fine-tuning cancelled; no model was saved")
+            return None
+        if job.error is not None:
+            LOG.error("MetaRegistration fine-tuning failed:\n%s", job.error_details)
+            raise job.error
+        LOG.info("MetaRegistration: saved the adapted model %s", job.model_path)
+        return job.model_path
+
+    def run_finetune(self, inputs: finetune.FinetuneInputs, settings: finetune.FinetuneSettings,
+                     progress: Callable[[float, str], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None, poll_seconds: float = 0.05):
+        """Fine-tune and return the new model path (None when ``should_stop`` cancelled it), blocking: scripts, tests."""
+        job = self.start_finetune(inputs, settings)
+        while not job.wait(poll_seconds):
+            if progress is not None:
+                progress(*job.progress)
+            if should_stop is not None and should_stop():
+                job.cancel()
+        return self.finish_finetune(job)
+
     @staticmethod
     def place_under_transform(transform_node, nodes) -> None:
         """Put nodes (the moving volume, its landmarks, its segmentation) under the output transform, so Slicer shows
@@ -310,9 +352,9 @@ class Choice:
     tooltip: str = ""
 
 
-def model_choices(zoo_dir=None) -> list[Choice]:
+def model_choices(zoo_dir=None, user_model_dir=None) -> list[Choice]:
     """The iterative method, then every model of the zoo with its one-line purpose (dimension 3 only: the module
-    registers volumes)."""
+    registers volumes), then the user's own models (adapted ones) of ``user_model_dir`` by path, when given."""
     from metareg.modelio import read_index
 
     choices = [Choice("iterative (no network)", ITERATIVE,
@@ -322,6 +364,11 @@ def model_choices(zoo_dir=None) -> list[Choice]:
             continue
         purpose = entry.get("purpose", "")
         choices.append(Choice(f"{entry['name']} — {purpose}" if purpose else entry["name"], entry["name"], purpose))
+    if user_model_dir is not None:
+        for weights, card in finetune.user_models(user_model_dir):
+            purpose = card.get("purpose", "")
+            choices.append(Choice(f"{weights.stem} (my model) — {purpose}" if purpose else f"{weights.stem} (my model)",
+                                  str(weights), f"{purpose}\n{weights}".strip()))
     return choices
 
 

@@ -1,6 +1,6 @@
 """``./run demo``: register the sample pair shipped in Resources/SampleData and write everything to demo-output/.
 
-The model zoo is not there yet, so the demo uses the built-in iterative method (no network) and says so.
+The model zoo has no 3D model yet, so the demo uses the built-in iterative method (no network) and says so.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ PAIRS = {
     },
 }
 METHOD_NOTE = ("Method: the built-in iterative method (multi-resolution optimisation of the displacement field, "
-               "local NCC + smoothness). The model zoo is not shipped yet, so no network is used.")
+               "local NCC + smoothness). The model zoo has no 3D brain model yet, so no network is used.")
 
 
 def _write_report_png(path: Path, fixed, moving, result, report: dict, pair: str) -> None:
