@@ -1,0 +1,124 @@
+"""Adapt a model to my images, on real MRML (slicer-core): fine-tune a tiny 3D network on the brain3d sample volumes
+loaded in a scene, through the module's Logic, in a background thread with progress and cancel.
+
+A few steps of a tiny network on a coarse grid, so each run takes seconds.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration"))
+
+from MetaRegistrationLib import convert, finetune, headless, logic, sampledata  # noqa: E402
+from test_slicer_brain3d import node_checksum, node_ids  # noqa: E402
+
+TINY = {"family": "unet", "dim": 3, "encoder_channels": [4, 8], "decoder_channels": [8, 8, 4]}
+
+
+@pytest.fixture(scope="module")
+def parent_model(tmp_path_factory):
+    from metareg.modelio import save_model
+    from metareg.networks import build_network
+
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("zoo") / "tiny3d.safetensors"
+    save_model(build_network(TINY), path, {"purpose": "test parent", "grid": {"size": [32, 40, 32], "spacing": None}})
+    return path
+
+
+@pytest.fixture()
+def scene_volumes(sample_dir):
+    scene = headless.get_app().scene
+    fixed = sampledata.load_volume(scene, sample_dir / "brain3d_fixed_T1.nii.gz", "brain3d fixed T1")
+    moving = [sampledata.load_volume(scene, sample_dir / f"brain3d_moving_{c}.nii.gz", f"brain3d moving {c}")
+              for c in ("T1", "T2")]
+    yield scene, fixed, moving
+    for node in [fixed, *moving]:
+        scene.RemoveNode(node)
+
+
+def test_adapting_a_model_to_scene_volumes_saves_a_new_model_with_its_card(scene_volumes, parent_model, tmp_path):
+    from metareg.modelio import load_model, sha256_of
+
+    scene, fixed, moving = scene_volumes
+    before = {node.GetID(): node_checksum(node) for node in [fixed, *moving]}
+    ids = node_ids(scene)
+    folder = tmp_path / "my models" / "nested"  # created when missing
+    seen = []
+    path = logic.MetaRegistrationLogic(scene).run_finetune(
+        finetune.FinetuneInputs(fixed_volume=fixed, moving_volumes=[*moving, fixed]),  # the fixed one is skipped
+        finetune.FinetuneSettings(parent=str(parent_model), steps=4, device="cpu", model_dir=folder, name="my brain"),
+        progress=lambda fraction, message: seen.append((fraction, message)))
+
+    assert path == folder / "my-brain.safetensors" and path.is_file()
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["name"] == "my-brain"
+    assert card["training"]["stage"] == "finetune"
+    assert card["training"]["steps"] == 4
+    assert card["training"]["parent"]["sha256"] == sha256_of(parent_model)
+    assert card["training"]["tasks"][0]["pairs"] == 2
+    assert card["grid"]["size"] == [32, 40, 32]
+    assert len(card["training"]["loss_curve"]) == 4
+    assert "tiny3d" in card["purpose"]
+    loaded = load_model(path)
+    assert loaded.card["sha256"] == sha256_of(path) != sha256_of(parent_model)
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no training leftovers
+    assert all(0.0 <= fraction <= 1.0 for fraction, _ in seen)
+    # the scene is unchanged and the new model is offered in the panel's list
+    assert node_ids(scene) == ids
+    assert {node.GetID(): node_checksum(node) for node in [fixed, *moving]} == before
+    choices = logic.model_choices(tmp_path / "no zoo", user_model_dir=folder)
+    assert [c.value for c in choices] == [logic.ITERATIVE, str(path)]
+    # a second run with the same name does not overwrite the first
+    again = logic.MetaRegistrationLogic(scene).run_finetune(
+        finetune.FinetuneInputs(fixed_volume=fixed, moving_volumes=moving[:1]),
+        finetune.FinetuneSettings(parent=str(path), steps=3, device="cpu", model_dir=folder, name="my brain"))
+    assert again == folder / "my-brain-2.safetensors"
+    assert json.loads(again.with_suffix(".json").read_text())["training"]["parent"]["sha256"] == sha256_of(path)
+
+
+def test_adapting_to_a_pairs_csv(parent_model, sample_dir, tmp_path):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(f"fixed,moving\n{sample_dir / 'brain3d_fixed_T1.nii.gz'},{sample_dir / 'brain3d_moving_T2.nii.gz'}\n")
+    scene = headless.get_app().scene
+    path = logic.MetaRegistrationLogic(scene).run_finetune(
+        finetune.FinetuneInputs(pairs_csv=csv),
+        finetune.FinetuneSettings(parent=str(parent_model), steps=3, device="cpu", model_dir=tmp_path / "out"))
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert path.stem.startswith("tiny3d-adapted-") and card["training"]["tasks"][0]["name"] == "pairs"
+
+
+def test_cancel_leaves_no_model_and_the_scene_unchanged(scene_volumes, parent_model, tmp_path):
+    scene, fixed, moving = scene_volumes
+    ids = node_ids(scene)
+    before = {node.GetID(): node_checksum(node) for node in [fixed, *moving]}
+    folder = tmp_path / "models"
+    steps = []
+    path = logic.MetaRegistrationLogic(scene).run_finetune(
+        finetune.FinetuneInputs(fixed_volume=fixed, moving_volumes=moving),
+        finetune.FinetuneSettings(parent=str(parent_model), steps=500, device="cpu", model_dir=folder),
+        progress=lambda fraction, message: steps.append(fraction), should_stop=lambda: any(f > 0 for f in steps))
+    assert path is None
+    assert list(folder.iterdir()) == []
+    assert node_ids(scene) == ids
+    assert {node.GetID(): node_checksum(node) for node in [fixed, *moving]} == before
+
+
+def test_unusable_inputs_give_a_message_and_start_nothing(scene_volumes, parent_model, tmp_path):
+    scene, fixed, moving = scene_volumes
+    lib = logic.MetaRegistrationLogic(scene)
+    cases = [
+        (finetune.FinetuneInputs(fixed_volume=fixed, moving_volumes=[fixed]), str(parent_model), "at least one volume"),
+        (finetune.FinetuneInputs(moving_volumes=moving), str(parent_model), "fixed volume"),
+        (finetune.FinetuneInputs(fixed_volume=fixed, moving_volumes=moving), logic.ITERATIVE, "network model"),
+        (finetune.FinetuneInputs(fixed_volume=fixed, moving_volumes=moving), "no-such-model", "unknown model"),
+        (finetune.FinetuneInputs(pairs_csv=tmp_path / "missing.csv"), str(parent_model), "does not exist"),
+    ]
+    for inputs, parent, message in cases:
+        with pytest.raises(convert.NodeInputError, match=message):
+            lib.start_finetune(inputs, finetune.FinetuneSettings(parent=parent, steps=3, model_dir=tmp_path / "m"))
