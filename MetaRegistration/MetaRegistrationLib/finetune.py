@@ -20,13 +20,12 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import convert
+from .jobs import BackgroundJob
 
 LOG = logging.getLogger("MetaRegistration")
 
@@ -156,52 +155,23 @@ def prepare_finetune(inputs: FinetuneInputs, settings: FinetuneSettings) -> Prep
     return PreparedFinetune(task=task, out=out, parent=str(settings.parent), description=description)
 
 
-class FinetuneJob:
+class FinetuneJob(BackgroundJob):
     """One fine-tuning running in a background thread (never touches the scene).
 
     Read :attr:`progress` and :attr:`done` from any thread; :meth:`cancel` stops it before the next step, and then no
     model file is written. On success :attr:`model_path` is the new ``.safetensors`` (its card beside it).
     """
 
+    thread_name = "MetaRegistration fine-tuning"
+
     def __init__(self, prepared: PreparedFinetune, settings: FinetuneSettings):
         self.prepared = prepared
         self.settings = settings
         self.model_path: Path | None = None
         self.loss_curve: list[float] = []
-        self.error: BaseException | None = None
-        self.error_details = ""
-        self.cancelled = False
-        self.started = time.perf_counter()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._progress = (0.0, "starting")
-        self._thread = threading.Thread(target=self._work, name="MetaRegistration fine-tuning", daemon=True)
+        super().__init__()
 
-    def start(self) -> "FinetuneJob":
-        self._thread.start()
-        return self
-
-    @property
-    def progress(self) -> tuple[float, str]:
-        with self._lock:
-            return self._progress
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def cancel(self) -> None:
-        self._stop.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return self.done
-
-    def _report(self, fraction: float, message: str) -> None:
-        with self._lock:
-            self._progress = (float(fraction), message)
-
-    def _work(self) -> None:
+    def _compute(self, report, should_stop) -> None:
         from metareg.errors import Cancelled
         from metareg.training import TrainConfig, finetune
 
@@ -211,13 +181,13 @@ class FinetuneJob:
             config = TrainConfig(steps=int(self.settings.steps), batch_size=int(self.settings.batch_size),
                                  learning_rate=float(self.settings.learning_rate), seed=int(self.settings.seed),
                                  checkpoint_every=0)
-            self._report(0.0, "preparing the pairs")
+            report(0.0, "preparing the pairs")
             trained = work / out.name
             self.loss_curve = finetune(
                 self.prepared.parent, [self.prepared.task], config, trained, device=self.settings.device,
                 command=f"3D Slicer MetaRegistration: adapt the model to {self.prepared.description}",
-                progress=self._report, should_stop=self._stop.is_set)
-            if self._stop.is_set():
+                progress=report, should_stop=should_stop)
+            if should_stop():
                 raise Cancelled("fine-tuning cancelled")
             # the model and its card, then the loss log the card names; weights first so the card never points at
             # missing weights
@@ -226,13 +196,6 @@ class FinetuneJob:
                 if source.exists():
                     os.replace(source, out.parent / source.name)
             self.model_path = out
-            self._report(1.0, f"saved {out.name}")
-        except Cancelled:
-            self.cancelled = True
-            self._report(self.progress[0], "cancelled")
-        except BaseException as error:  # reported by finish_finetune(); the thread must not die silently
-            self.error = error
-            self.error_details = traceback.format_exc()
-            self._report(self.progress[0], "failed")
+            report(1.0, f"saved {out.name}")
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -16,13 +16,11 @@ Three steps, each on the thread that may do it:
 from __future__ import annotations
 
 import logging
-import threading
-import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import convert, finetune, outputs
+from .jobs import BackgroundJob
 
 ITERATIVE = "iterative"
 LOG = logging.getLogger("MetaRegistration")
@@ -121,7 +119,7 @@ def prepare_inputs(inputs: RegistrationInputs) -> PreparedInputs:
     return prepared
 
 
-class RegistrationJob:
+class RegistrationJob(BackgroundJob):
     """One registration running in a background thread.
 
     The thread only computes; it never touches the scene. Read :attr:`progress` and :attr:`done` from any thread,
@@ -134,55 +132,11 @@ class RegistrationJob:
         self.prepared = prepared
         self.settings = settings
         self.result = None
-        self.error: BaseException | None = None
-        self.error_details = ""
-        self.cancelled = False
-        self.started = time.perf_counter()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._progress = (0.0, "starting")
-        self._thread = threading.Thread(target=self._work, name="MetaRegistration", daemon=True)
+        super().__init__()
 
-    def start(self) -> "RegistrationJob":
-        self._thread.start()
-        return self
-
-    @property
-    def progress(self) -> tuple[float, str]:
-        """(fraction of the whole run in [0, 1], message)."""
-        with self._lock:
-            return self._progress
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def cancel(self) -> None:
-        """Ask the engine to stop; the job then ends with :attr:`cancelled` True and no result."""
-        self._stop.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job ends (or ``timeout`` seconds pass); True when it has ended."""
-        self._thread.join(timeout)
-        return self.done
-
-    def _report(self, fraction: float, message: str) -> None:
-        with self._lock:
-            self._progress = (float(fraction), message)
-
-    def _work(self) -> None:
-        from metareg.errors import Cancelled
-
-        try:
-            self.result = run_engine(self.prepared, self.settings, self._report, self._stop.is_set)
-            self._report(1.0, "done")
-        except Cancelled:
-            self.cancelled = True
-            self._report(self.progress[0], "cancelled")
-        except BaseException as error:  # reported to the user by finish(); the thread must not die silently
-            self.error = error
-            self.error_details = traceback.format_exc()
-            self._report(self.progress[0], "failed")
+    def _compute(self, report, should_stop) -> None:
+        self.result = run_engine(self.prepared, self.settings, report, should_stop)
+        report(1.0, "done")
 
 
 def load_model_for(settings: RegistrationSettings):
