@@ -92,7 +92,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from .training import TrainConfig, pretrain
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, augment=_augment(args),
-                         seed=args.seed, checkpoint_every=args.checkpoint_every)
+                         seed=args.seed, checkpoint_every=args.checkpoint_every,
+                         field_supervision=args.field_supervision)
     pretrain(_tasks(args), _spec(args), config, Path(args.out), args.device, args.resume, command=_command_line())
     print(f"wrote {args.out} and its card; loss log {Path(args.out).stem}.loss.csv")
     return 0
@@ -102,7 +103,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     from .training import TrainConfig, finetune
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, augment=_augment(args),
-                         seed=args.seed, checkpoint_every=args.checkpoint_every)
+                         seed=args.seed, checkpoint_every=args.checkpoint_every,
+                         field_supervision=args.field_supervision)
     finetune(args.model, _tasks(args), config, Path(args.out), args.device, args.resume, command=_command_line())
     print(f"wrote {args.out} and its card (parent {args.model})")
     return 0
@@ -171,6 +173,10 @@ def add_training_commands(commands) -> None:
     _model_options(pre)
     pre.add_argument("--batch-size", type=int, default=4, help="pairs per step over all processes (default 4)")
     pre.add_argument("--lr", type=float, default=1e-3, help="Adam step size (default 1e-3)")
+    pre.add_argument("--field-supervision", type=float, default=0.0, metavar="W",
+                     help="every other sample is a synthetic pair (moving warped by a random displacement drawn from "
+                          "the augmentation settings) whose known displacement is supervised with weight W, "
+                          "voxels^2 (default 0: unsupervised only)")
     pre.set_defaults(handler=run_pretrain)
 
     meta = commands.add_parser("metatrain", help="Reptile meta-training (task level or pair level)",
@@ -202,4 +208,6 @@ def add_training_commands(commands) -> None:
     fine.add_argument("--model", required=True, metavar="MODEL", help="the parent model (zoo name or file)")
     fine.add_argument("--batch-size", type=int, default=4, help="pairs per step over all processes (default 4)")
     fine.add_argument("--lr", type=float, default=1e-4, help="Adam step size (default 1e-4)")
+    fine.add_argument("--field-supervision", type=float, default=0.0, metavar="W",
+                      help="as for pretrain: supervise synthetic pairs' known displacement with weight W (default 0)")
     fine.set_defaults(handler=run_finetune)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .augment import AugmentConfig, augment
+from .augment import AugmentConfig, augment, random_displacement
 from .device import resolve_device
 from .errors import Cancelled, InputError
 from .geometry import warp_tensor
@@ -82,6 +82,12 @@ class TrainConfig:
         steps: optimiser steps. batch_size: pairs per step (over all processes). learning_rate: Adam step size.
         augment: augmentation of fixed and moving (independently). seed: the run's seed.
         checkpoint_every: steps between checkpoints (0: only at the end).
+        field_supervision: weight of a supervised term on synthetic pairs (0: off, purely unsupervised). When on,
+            every other sample is a synthetic pair whose answer is known: the pair's augmented moving image and, as
+            fixed, that image warped by a random displacement ``d`` drawn from ``augment`` (so the correct output
+            is ``d`` itself); the loss adds ``field_supervision * mean |prediction - d|²`` (voxels²) to the
+            unsupervised loss. It gives the network a direct signal early on, so a small 3D network learns in
+            thousands rather than tens of thousands of CPU steps (as in seed 001's synthetic-deformation pretraining).
     """
 
     steps: int = 1000
@@ -90,6 +96,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     checkpoint_every: int = 100
+    field_supervision: float = 0.0
 
 
 @dataclass
@@ -185,6 +192,23 @@ def draw_sample(data: TaskData, index: int, config: AugmentConfig, gen: torch.Ge
     """Pair ``index`` of a task, fixed and moving each augmented independently with ``gen``."""
     fixed, moving = data.tensors(index)
     return augment(fixed, config, gen), augment(moving, config, gen)
+
+
+def draw_synthetic_sample(data: TaskData, index: int, config: AugmentConfig,
+                          gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A synthetic pair with a known answer: ``(fixed, moving, d)``, all on the model grid.
+
+    ``moving`` is pair ``index``'s moving image, augmented; ``fixed = warp_tensor(moving, d)`` with ``d`` a random
+    displacement (voxels, ``(1, dim, *spatial)``) drawn from ``config``. Since ``warp_tensor(moving, d)`` equals
+    ``fixed``, the network's correct output for ``(moving, fixed)`` is ``d``.
+    """
+    if not config.active:
+        raise InputError("--field-supervision", "needs augmentation (--augment-rotation/-shift/-deformation) to draw "
+                         "the synthetic displacements from")
+    _, moving = data.tensors(index)
+    moving = augment(moving, config, gen)
+    known = random_displacement(tuple(moving.shape[2:]), config, gen).to(moving.dtype)
+    return warp_tensor(moving, known, padding_mode="zeros"), moving, known
 
 
 class PairPool:
@@ -325,13 +349,23 @@ def _curve_for_card(curve: list[float], points: int = 200) -> list[float]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _batch_loss(network: torch.nn.Module, samples: list[tuple[torch.Tensor, torch.Tensor]], loss: LossConfig,
-                device: torch.device, total: int) -> tuple[torch.Tensor, dict]:
-    """Loss of a batch of (fixed, moving) samples, scaled by ``len(samples) / total`` (this process's share)."""
+def _batch_loss(network: torch.nn.Module, samples: list[tuple[torch.Tensor, ...]], loss: LossConfig,
+                device: torch.device, total: int, field_supervision: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Loss of a batch of samples, scaled by ``len(samples) / total`` (this process's share).
+
+    A sample is ``(fixed, moving)`` or, from :func:`draw_synthetic_sample`, ``(fixed, moving, known displacement)``;
+    the known displacements add ``field_supervision * mean squared error`` (voxels²) over those samples.
+    """
     fixed = torch.cat([s[0] for s in samples]).to(device)
     moving = torch.cat([s[1] for s in samples]).to(device)
     disp = network(moving, fixed)
     value, parts = registration_loss(loss, fixed, warp_tensor(moving, disp), disp)
+    supervised = [i for i, s in enumerate(samples) if len(s) == 3]
+    if supervised and field_supervision > 0:
+        known = torch.cat([samples[i][2] for i in supervised]).to(device)
+        error = ((disp[supervised] - known) ** 2).mean()
+        value = value + field_supervision * error
+        parts = {**parts, "field_mse_vox2": float(error.detach())}
     return value * (len(samples) / total), parts
 
 
@@ -397,9 +431,13 @@ def train_loop(
         for slot in processes.mine(config.batch_size):
             gen = generator(config.seed, step, slot)
             data, index = pool.draw(gen)
-            samples.append(draw_sample(data, index, config.augment, gen))
+            if config.field_supervision > 0 and (step + slot) % 2 == 0:
+                samples.append(draw_synthetic_sample(data, index, config.augment, gen))
+            else:
+                samples.append(draw_sample(data, index, config.augment, gen))
         optimiser.zero_grad(set_to_none=True)
-        value, parts = _batch_loss(model, samples, spec.loss, processes.device, config.batch_size // processes.world_size)
+        value, parts = _batch_loss(model, samples, spec.loss, processes.device, config.batch_size // processes.world_size,
+                                   config.field_supervision)
         value.backward()
         optimiser.step()
         loss = float(value.detach())
@@ -594,7 +632,7 @@ def pretrain(tasks: list[Task], spec: ModelSpec, config: TrainConfig, out: Path,
     training = {
         "stage": stage, "parent": parent_info, "tasks": _task_summary(tasks), "steps": config.steps,
         "batch_size": config.batch_size, "learning_rate": config.learning_rate, "augment": config.augment.to_dict(),
-        "seed": config.seed, "processes": processes.world_size, "device": processes.device.type,
+        "field_supervision": config.field_supervision, "seed": config.seed, "processes": processes.world_size, "device": processes.device.type,
         "parameters": count_parameters(network), "seconds_this_run": round(time.perf_counter() - started, 1),
         "final_loss": float(np.mean(curve[-20:])) if curve else None, "loss_curve": _curve_for_card(curve),
         "loss_log": files.log.name, "command": command,
