@@ -220,6 +220,8 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelChanged(self, index) -> None:
         if self._parameterNode and index >= 0:
             self._parameterNode.model = self.ui.modelComboBox.itemData(index)
+            # a model trained on affinely pre-aligned pairs expects them: tick the box (the user may untick it)
+            self._parameterNode.affine = registration.affine_by_default(self._parameterNode.model)
 
     def onDeviceChanged(self, index) -> None:
         if self._parameterNode and index >= 0:

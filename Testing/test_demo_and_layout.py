@@ -17,7 +17,7 @@ def test_demo_writes_every_output_and_a_report_with_its_panels(tmp_path, capsys)
     out = tmp_path / "demo"
     assert demo_main(["--pair", "brain2d", "--output", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "iterative method" in printed  # the demo says it uses no network yet
+    assert "the zoo network multidomain-2d-reptile, adapted to this pair for 10 steps" in printed  # the zoo by default
     expected = {"warped.nii.gz", "field.nii.gz", "transform.h5", "checkerboard.nii.gz", "jacobian.nii.gz",
                 "report.json", "report.png"}
     assert {p.name for p in out.iterdir()} == expected  # and nothing half-written beside them
@@ -30,7 +30,7 @@ def test_demo_writes_every_output_and_a_report_with_its_panels(tmp_path, capsys)
     sitk.ReadTransform(str(out / "transform.h5"))
     report = json.loads((out / "report.json").read_text())
     assert report["ncc_after"] > report["ncc_before"]
-    assert report["method"] == "iterative"
+    assert report["model"] == "multidomain-2d-reptile" and report["adapt_steps"] == 10
     png = matplotlib.image.imread(out / "report.png")
     assert png.shape[0] > 500 and png.shape[1] > 1000
     # eight panels in a 2 × 4 layout: fixed, moving, warped, checkerboard and the "before" difference have content

@@ -31,6 +31,7 @@ from metareg.training import (
     TrainConfig,
     adapt_to_task,
     draw_sample,
+    draw_synthetic_sample,
     generator,
     reptile_loop,
     reptile_update,
@@ -114,6 +115,20 @@ def test_pretraining_lowers_the_loss(task_root, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "pre.loss.csv")))
     assert [int(r["step"]) for r in rows] == list(range(80))
     assert (tmp_path / "pre.loss.png").stat().st_size > 1000
+
+
+def test_a_synthetic_pair_is_solved_by_its_known_displacement(task_root):
+    data = datas(task_root, "brain-t1")[0]
+    config = AugmentConfig(shift_fraction=0.08, deformation_vox=3.0)
+    fixed, moving, known = draw_synthetic_sample(data, 0, config, torch.Generator().manual_seed(3))
+    assert known.shape == (1, 2, 64, 64) and known.abs().max() > 1.0
+
+    def dissimilarity(disp):
+        return float(((warp_tensor(moving, disp) - fixed)[..., 8:-8, 8:-8] ** 2).mean())
+
+    assert dissimilarity(known) < 1e-6  # the network's correct output is d itself, in its own convention
+    assert dissimilarity(-known) > 100 * max(dissimilarity(known), 1e-8)
+    assert dissimilarity(torch.zeros_like(known)) > 100 * max(dissimilarity(known), 1e-8)
 
 
 def test_reptile_update_follows_the_formula():

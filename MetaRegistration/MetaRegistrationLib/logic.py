@@ -148,6 +148,22 @@ def load_model_for(settings: RegistrationSettings):
     return load_model(settings.model)
 
 
+def affine_by_default(model: str | None) -> bool:
+    """Whether ``model``'s card asks for affine pre-alignment (``"prealign": "affine"``); False for the iterative
+    method or a model whose card cannot be read (the error then comes, clearly, when the model is loaded)."""
+    if model in (None, "", ITERATIVE):
+        return False
+    import json
+
+    from metareg.modelio import resolve_model
+
+    try:
+        weights, _ = resolve_model(model)
+        return json.loads(weights.with_suffix(".json").read_text()).get("prealign") == "affine"
+    except Exception:  # noqa: BLE001 - a default only
+        return False
+
+
 def run_engine(prepared: PreparedInputs, settings: RegistrationSettings, progress=None, should_stop=None):
     """Run :func:`metareg.register.register` on prepared inputs (any thread; no MRML)."""
     from metareg.register import register

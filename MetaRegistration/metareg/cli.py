@@ -192,8 +192,9 @@ def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
                             "model file is never changed")
     group.add_argument("--adapt-lr", type=float, default=None, metavar="RATE",
                        help="Adam step size of the test-time adaptation (default: the model card's)")
-    group.add_argument("--affine", action="store_true",
-                       help="classical affine pre-alignment (SimpleITK, mutual information) before the deformable step")
+    group.add_argument("--affine", action=argparse.BooleanOptionalAction, default=None,
+                       help="classical affine pre-alignment (SimpleITK, mutual information) before the deformable step "
+                            "(default: as the model's card says; off for the iterative method)")
     group.add_argument("--diffeomorphic", action="store_true",
                        help="iterative method: optimise a velocity field and integrate it (no folding)")
     group.add_argument("--iterations", default=None, metavar="N,N,N",

@@ -155,7 +155,7 @@ def register(
     model: LoadedModel | None = None,
     adapt_steps: int = 0,
     adapt_learning_rate: float | None = None,
-    affine: bool = False,
+    affine: bool | None = None,
     iterative_config: IterativeConfig | None = None,
     device: str = "auto",
     fixed_landmarks: Landmarks | None = None,
@@ -172,7 +172,9 @@ def register(
         model: a loaded model; None runs the iterative method with ``iterative_config``.
         adapt_steps: test-time adaptation steps on this pair (network only); the model itself is never changed.
         adapt_learning_rate: Adam step size of the adaptation (default: the card's, else 1e-4).
-        affine: run a classical affine pre-alignment first and compose it into the field.
+        affine: run a classical affine pre-alignment first and compose it into the field. None (default): as the
+            model's card says (``"prealign": "affine"`` for models trained on pre-aligned pairs), off for the
+            iterative method.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         fixed_landmarks, moving_landmarks: optional, matched by label, for TRE before/after (mm).
         fixed_labels, moving_labels: optional label maps (integer images on each image's own grid) for Dice, HD95 and
@@ -202,6 +204,8 @@ def register(
     matched = None
     if fixed_landmarks is not None and moving_landmarks is not None:
         matched = match_landmarks(fixed_landmarks, moving_landmarks)
+    if affine is None:
+        affine = model is not None and (model.card.get("prealign") or "none") == "affine"
     torch_device = resolve_device(device)
     started = time.perf_counter()
     stages = _Stages(progress, {"prealign": 3.0 if affine else 0.0, "preprocess": 0.5, "adaptation": 4.0 if adapt_steps else 0.0,

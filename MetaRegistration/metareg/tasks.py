@@ -163,10 +163,12 @@ class TaskData:
     """A task's pairs prepared on the model grid, cached: ``tensors(i) -> (fixed_t, moving_t)``, each ``(1, 1, *S)``.
 
     Every pair is resampled onto a grid of the card's ``grid`` placed on its fixed image, so all tensors of a task
-    have the same shape when ``grid["size"]`` is given (required for batching).
+    have the same shape when ``grid["size"]`` is given (required for batching). With ``affine=True`` the moving image
+    is first pre-aligned to the fixed one (:func:`metareg.prealign.affine_prealign`, once per pair), as
+    :func:`metareg.register.register` does for a model whose card says ``"prealign": "affine"``.
     """
 
-    def __init__(self, task: Task, grid_spec: dict, normalisation: dict):
+    def __init__(self, task: Task, grid_spec: dict, normalisation: dict, affine: bool = False):
         if not grid_spec or not grid_spec.get("size"):
             raise InputError(f"task {task.name}", "training needs a model grid size (e.g. --grid 128,128)")
         if not task.pairs:
@@ -174,6 +176,7 @@ class TaskData:
         self.task = task
         self.grid_spec = grid_spec
         self.normalisation = normalisation
+        self.affine = affine
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -186,6 +189,11 @@ class TaskData:
             if fixed.GetDimension() != expected or moving.GetDimension() != expected:
                 raise InputError(f"task {self.task.name} pair {index}",
                                  f"has {fixed.GetDimension()}-D images but the model grid is {expected}-D")
-            _, fixed_t, moving_t = prepare_pair(fixed, moving, self.grid_spec, self.normalisation)
+            prealign = None
+            if self.affine:
+                from .prealign import affine_prealign
+
+                prealign = affine_prealign(fixed, moving)
+            _, fixed_t, moving_t = prepare_pair(fixed, moving, self.grid_spec, self.normalisation, prealign)
             self._cache[index] = (fixed_t, moving_t)
         return self._cache[index]

@@ -81,7 +81,7 @@ def _spec(args: argparse.Namespace):
     normalisation = {"method": "percentile", "low": 1.0, "high": 99.0,
                      "histogram_equalisation": bool(args.histogram_equalisation)}
     return ModelSpec(architecture=architecture, grid={"size": size, "spacing": spacing}, normalisation=normalisation,
-                     loss=loss)
+                     loss=loss, prealign=args.prealign)
 
 
 def _command_line() -> str:
@@ -105,7 +105,14 @@ def run_finetune(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, augment=_augment(args),
                          seed=args.seed, checkpoint_every=args.checkpoint_every,
                          field_supervision=args.field_supervision)
-    finetune(args.model, _tasks(args), config, Path(args.out), args.device, args.resume, command=_command_line())
+    loss = None
+    if args.similarity is not None:
+        from .modelio import load_model
+
+        parent_loss = LossConfig.from_dict(load_model(args.model).card.get("loss") or {})
+        loss = LossConfig(**{**parent_loss.to_dict(), "similarity": args.similarity})
+    finetune(args.model, _tasks(args), config, Path(args.out), args.device, args.resume, command=_command_line(),
+             loss=loss)
     print(f"wrote {args.out} and its card (parent {args.model})")
     return 0
 
@@ -160,6 +167,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="regulariser (default gradient_l2)")
     model.add_argument("--smoothness", type=float, default=1.0, help="regulariser weight (default 1.0)")
     model.add_argument("--histogram-equalisation", action="store_true", help="equalise intensities (seed 000)")
+    model.add_argument("--prealign", choices=("none", "affine"), default="none",
+                       help="affine: pre-align every pair (SimpleITK affine, mutual information) before training, and "
+                            "by default before every registration with the model (default none)")
 
 
 def add_training_commands(commands) -> None:
@@ -208,6 +218,8 @@ def add_training_commands(commands) -> None:
     fine.add_argument("--model", required=True, metavar="MODEL", help="the parent model (zoo name or file)")
     fine.add_argument("--batch-size", type=int, default=4, help="pairs per step over all processes (default 4)")
     fine.add_argument("--lr", type=float, default=1e-4, help="Adam step size (default 1e-4)")
+    fine.add_argument("--similarity", choices=sorted(SIMILARITIES), default=None,
+                      help="train with this similarity instead of the parent's, e.g. mi for a multimodal variant")
     fine.add_argument("--field-supervision", type=float, default=0.0, metavar="W",
                       help="as for pretrain: supervise synthetic pairs' known displacement with weight W (default 0)")
     fine.set_defaults(handler=run_finetune)

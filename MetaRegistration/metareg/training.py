@@ -47,7 +47,8 @@ from .preprocess import check_normalisation
 from .tasks import Task, TaskData
 
 CHECKPOINT_NAME = "last.pt"
-LOG_COLUMNS = ("step", "loss", "similarity", "regulariser", "learning_rate", "seconds")
+PREALIGN_CHOICES = ("none", "affine")
+LOG_COLUMNS = ("step", "loss", "similarity", "regulariser", "field_mse_vox2", "learning_rate", "seconds")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -57,21 +58,32 @@ LOG_COLUMNS = ("step", "loss", "similarity", "regulariser", "learning_rate", "se
 
 @dataclass
 class ModelSpec:
-    """What a trained model is: network config, model grid, normalisation and loss (all stored in its card)."""
+    """What a trained model is: network config, model grid, normalisation, loss and pre-alignment (all in its card).
+
+    ``prealign`` is ``"none"`` or ``"affine"``: with ``"affine"`` every training pair, and by default every pair the
+    model registers, is first pre-aligned by :func:`metareg.prealign.affine_prealign`, so the network only learns the
+    deformable residual (as VoxelMorph assumes affinely aligned inputs).
+    """
 
     architecture: dict
     grid: dict
     normalisation: dict = field(default_factory=dict)
     loss: LossConfig = field(default_factory=LossConfig)
+    prealign: str = "none"
+
+    def __post_init__(self):
+        if self.prealign not in PREALIGN_CHOICES:
+            raise InputError("--prealign", f"must be one of {', '.join(PREALIGN_CHOICES)}, got {self.prealign!r}")
 
     def to_dict(self) -> dict:
         return {"architecture": self.architecture, "grid": self.grid,
-                "normalisation": check_normalisation(self.normalisation), "loss": self.loss.to_dict()}
+                "normalisation": check_normalisation(self.normalisation), "loss": self.loss.to_dict(),
+                "prealign": self.prealign}
 
     @classmethod
     def from_card(cls, card: dict) -> "ModelSpec":
         return cls(card["architecture"], card.get("grid") or {}, card.get("normalisation") or {},
-                   LossConfig.from_dict(card.get("loss") or {}))
+                   LossConfig.from_dict(card.get("loss") or {}), card.get("prealign") or "none")
 
 
 @dataclass
@@ -293,7 +305,9 @@ class LossLog:
         if not self.enabled:
             return
         row = {"step": step, "loss": f"{loss:.6g}", "similarity": f"{parts.get('similarity', float('nan')):.6g}",
-               "regulariser": f"{parts.get('regulariser', float('nan')):.6g}", "learning_rate": f"{learning_rate:.6g}",
+               "regulariser": f"{parts.get('regulariser', float('nan')):.6g}",
+               "field_mse_vox2": f"{parts['field_mse_vox2']:.6g}" if "field_mse_vox2" in parts else "",
+               "learning_rate": f"{learning_rate:.6g}",
                "seconds": f"{seconds:.3f}"}
         self.rows.append(row)
         self.writer.writerow(row)
@@ -619,12 +633,19 @@ def _init_network(spec: ModelSpec, parent: str | None, seed: int) -> tuple[Regis
 
 def pretrain(tasks: list[Task], spec: ModelSpec, config: TrainConfig, out: Path, device: str = "auto",
              resume: bool = False, parent: str | None = None, stage: str = "pretrain", command: str = "",
-             purpose: str = "", stop_after: int | None = None, progress=None, should_stop=None) -> list[float]:
-    """Train (or, with ``parent``, fine-tune) a network on the pooled pairs of ``tasks``; writes ``out`` + card."""
+             purpose: str = "", stop_after: int | None = None, progress=None, should_stop=None,
+             loss: LossConfig | None = None) -> list[float]:
+    """Train (or, with ``parent``, fine-tune) a network on the pooled pairs of ``tasks``; writes ``out`` + card.
+
+    ``loss`` replaces the parent's loss when fine-tuning (e.g. mutual information for a multimodal variant); the new
+    card records the loss it was trained with, which test-time adaptation then uses.
+    """
     processes = start_processes(device)
     files = RunFiles(out)
     network, spec, parent_info = _init_network(spec, parent, config.seed)
-    datas = [TaskData(task, spec.grid, spec.normalisation) for task in tasks]
+    if loss is not None:
+        spec = ModelSpec(spec.architecture, spec.grid, spec.normalisation, loss, spec.prealign)
+    datas = [TaskData(task, spec.grid, spec.normalisation, affine=spec.prealign == "affine") for task in tasks]
     started = time.perf_counter()
     curve = train_loop(network, spec, datas, config, files, processes, resume, stage, stop_after, progress, should_stop)
     if stop_after is not None and stop_after < config.steps:
@@ -643,14 +664,19 @@ def pretrain(tasks: list[Task], spec: ModelSpec, config: TrainConfig, out: Path,
 
 
 def finetune(parent: str, tasks: list[Task], config: TrainConfig, out: Path, device: str = "auto",
-             resume: bool = False, command: str = "", progress=None, should_stop=None) -> list[float]:
+             resume: bool = False, command: str = "", progress=None, should_stop=None,
+             stop_after: int | None = None, loss: LossConfig | None = None) -> list[float]:
     """Adapt ``parent`` to a small target-domain set; a new model file whose card names the parent.
 
-    ``progress``/``should_stop`` as in :func:`train_loop` (a GUI can show and cancel it).
+    ``loss``: train with this loss instead of the parent's (e.g. ``LossConfig(similarity="mi")`` for T1 → T2).
+
+    ``progress``/``should_stop`` as in :func:`train_loop` (a GUI can show and cancel it). ``stop_after`` ends this
+    call after that many steps (counted from step 0) without writing the model, as in :func:`pretrain`; with
+    ``resume=True`` a later call continues from the last checkpoint, so a run can be taken in segments.
     """
     return pretrain(tasks, None, config, out, device, resume, parent=parent, stage="finetune", command=command,
                     purpose=f"fine-tuned from {Path(parent).stem} on {', '.join(t.name for t in tasks)}",
-                    progress=progress, should_stop=should_stop)
+                    stop_after=stop_after, progress=progress, should_stop=should_stop, loss=loss)
 
 
 def metatrain(tasks: list[Task], spec: ModelSpec | None, config: ReptileConfig, out: Path, device: str = "auto",
@@ -660,7 +686,7 @@ def metatrain(tasks: list[Task], spec: ModelSpec | None, config: ReptileConfig, 
     processes = start_processes(device)
     files = RunFiles(out)
     network, spec, parent_info = _init_network(spec, parent, config.seed)
-    datas = [TaskData(task, spec.grid, spec.normalisation) for task in tasks]
+    datas = [TaskData(task, spec.grid, spec.normalisation, affine=spec.prealign == "affine") for task in tasks]
     if config.level == "task" and len(datas) < 2:
         raise InputError("--tasks", "task-level Reptile needs at least two tasks (domains)")
     started = time.perf_counter()
