@@ -117,6 +117,24 @@ def test_pretraining_lowers_the_loss(task_root, tmp_path):
     assert (tmp_path / "pre.loss.png").stat().st_size > 1000
 
 
+def test_training_pairs_can_be_affinely_prealigned(tmp_path, sample_dir):
+    folder = tmp_path / "tasks" / "shifted"
+    folder.mkdir(parents=True)
+    fixed = sitk.ReadImage(str(sample_dir / "brain2d_fixed.nii.gz"))
+    moving = sitk.Image(fixed)
+    moving.SetOrigin((fixed.GetOrigin()[0] + 7.0, fixed.GetOrigin()[1] + 5.0))  # the same slice, 7 and 5 mm away
+    sitk.WriteImage(fixed, str(folder / "f.nii.gz"))
+    sitk.WriteImage(moving, str(folder / "m.nii.gz"))
+    (folder / "pairs.csv").write_text("fixed,moving\nf.nii.gz,m.nii.gz\n")
+    task = load_task("shifted", tmp_path)
+    plain_fixed, plain_moving = TaskData(task, GRID, {}).tensors(0)
+    aligned_fixed, aligned_moving = TaskData(task, GRID, {}, affine=True).tensors(0)
+    torch.testing.assert_close(plain_fixed, aligned_fixed)  # the fixed image is never moved
+    before = float(((plain_moving - plain_fixed) ** 2).mean())
+    after = float(((aligned_moving - aligned_fixed)[..., 6:-6, 6:-6] ** 2).mean())
+    assert after < 0.05 * before, (before, after)
+
+
 def test_a_synthetic_pair_is_solved_by_its_known_displacement(task_root):
     data = datas(task_root, "brain-t1")[0]
     config = AugmentConfig(shift_fraction=0.08, deformation_vox=3.0)

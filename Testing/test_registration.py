@@ -168,7 +168,7 @@ def test_diffeomorphic_network_output_does_not_fold():
     assert folding_fraction(jacobian_determinant(raw_field)) > 0.0  # without integration the same weights fold
 
 
-def tiny_model_files(tmp_path, dim=2):
+def tiny_model_files(tmp_path, dim=2, prealign=None):
     network = build_network({"family": "unet", "dim": dim, "encoder_channels": [8, 8], "decoder_channels": [8, 8, 8]})
     torch.manual_seed(1)
     with torch.no_grad():
@@ -176,6 +176,8 @@ def tiny_model_files(tmp_path, dim=2):
             parameter.add_(0.01 * torch.randn_like(parameter))
     card = {"purpose": "test", "grid": {"size": [64, 64], "spacing": None}, "loss": {"similarity": "lncc"},
             "normalisation": {"method": "percentile", "low": 1.0, "high": 99.0}}
+    if prealign is not None:
+        card["prealign"] = prealign
     save_model(network, tmp_path / "tiny.safetensors", card)
     return network, tmp_path / "tiny.safetensors"
 
@@ -224,6 +226,22 @@ def test_test_time_adaptation_improves_the_pair_and_leaves_the_model_unchanged(t
         assert torch.equal(value, weights_before[key]), key
     assert sha256_of(path) == file_before
     assert adapted.report["method"] == "network" and adapted.report["adapt_steps"] == 30
+
+
+def test_a_model_trained_on_prealigned_pairs_gets_the_affine_step_by_default(tmp_path, sample_dir):
+    fixed = sitk.ReadImage(str(sample_dir / "brain2d_fixed.nii.gz"))
+    moving = sitk.ReadImage(str(sample_dir / "brain2d_fixed.nii.gz"))
+    moving.SetOrigin((fixed.GetOrigin()[0] + 6.0, fixed.GetOrigin()[1] - 4.0))  # a known 6, -4 mm shift
+    _, path = tiny_model_files(tmp_path, prealign="affine")
+    model = load_model(path)
+    result = register(fixed, moving, model=model, device="cpu")
+    assert result.prealign is not None  # the card's default
+    centre = np.array(fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()]))
+    np.testing.assert_allclose(np.array(result.prealign.TransformPoint(centre.tolist())) - centre, [6.0, -4.0],
+                               atol=0.5)
+    assert register(fixed, moving, model=model, affine=False, device="cpu").prealign is None  # the user's choice wins
+    _, plain = tiny_model_files(tmp_path / "plain" if (tmp_path / "plain").mkdir() is None else tmp_path)
+    assert register(fixed, moving, model=load_model(plain), device="cpu").prealign is None
 
 
 def test_cancel_stops_the_run(brain2d_known_warp):
