@@ -18,6 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from metareg.augment import AugmentConfig
+from metareg.errors import InputError
 from metareg.geometry import warp_tensor
 from metareg.losses import LossConfig, registration_loss
 from metareg.modelio import load_model
@@ -308,6 +309,19 @@ def test_killed_run_resumes_and_continues_its_loss_curve(task_root, tmp_path):
     a, b = load_model(out).network.state_dict(), load_model(reference).network.state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_a_resumed_run_may_change_its_length_but_not_its_settings(task_root, tmp_path):
+    files = RunFiles(tmp_path / "run.safetensors")
+    task_datas = datas(task_root, "brain-t1")
+    config = TrainConfig(steps=10, batch_size=1, augment=MISALIGN, checkpoint_every=2)
+    train_loop(fresh_network(), SPEC, task_datas, config, files, Processes(), stop_after=4)
+    shorter = TrainConfig(steps=6, batch_size=1, augment=MISALIGN, checkpoint_every=3)
+    curve = train_loop(fresh_network(), SPEC, task_datas, shorter, files, Processes(), resume=True)
+    assert len(curve) == 6  # steps 0-3 from the first run, 4-5 from this one
+    other = TrainConfig(steps=8, batch_size=1, learning_rate=5e-3, augment=MISALIGN, checkpoint_every=2)
+    with pytest.raises(InputError, match="other settings"):
+        train_loop(fresh_network(), SPEC, task_datas, other, files, Processes(), resume=True)
 
 
 def test_finetune_card_names_parent_data_steps_and_curve(task_root, tmp_path):

@@ -390,9 +390,19 @@ def _progress(processes: Processes, total: int, start: int, description: str):
                 mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
 
+RESUMABLE_CHANGES = ("steps", "checkpoint_every")
+
+
+def _comparable(config_json: dict) -> dict:
+    """The settings a resumed run must share with the checkpoint's run: all but the total steps and the checkpoint
+    interval (so a run can be extended or cut short: ``--steps`` is where it ends, wherever it was)."""
+    return {key: ({k: v for k, v in value.items() if k not in RESUMABLE_CHANGES} if isinstance(value, dict) else value)
+            for key, value in config_json.items()}
+
+
 def _check_resume(checkpoint: dict, config_json: dict, files: RunFiles) -> None:
     saved = json.loads(checkpoint["config"])
-    if saved != config_json:
+    if _comparable(saved) != _comparable(config_json):
         raise InputError(f"--resume {files.checkpoint}", "was written by a run with other settings",
                          "resume with the same options, or start afresh without --resume")
 
