@@ -339,6 +339,13 @@ def test_finetune_card_names_parent_data_steps_and_curve(task_root, tmp_path):
     assert training["tasks"][0]["name"] == "brain-t1-moved" and training["tasks"][0]["pairs"] > 0
     assert len(training["loss_curve"]) == 6 and "metareg finetune" in training["command"]
     assert card["grid"] == {"size": [64, 64], "spacing": None} and card["architecture"]["encoder_channels"] == [8, 16, 16]
+    assert card["loss"] == json.loads(parent.with_suffix(".json").read_text())["loss"]  # the parent's loss by default
+    multimodal = tmp_path / "mi.safetensors"
+    subprocess.run(base + ["finetune", "--model", str(parent), "--similarity", "mi", "--tasks", "brain-t2",
+                           "--data-dir", str(task_root), "--steps", "2", "--batch-size", "1", "--device", "cpu",
+                           "--out", str(multimodal)], check=True, env=ENV, timeout=300, capture_output=True)
+    mi_card = json.loads(multimodal.with_suffix(".json").read_text())
+    assert mi_card["loss"] == {**card["loss"], "similarity": "mi"}  # only the similarity changes
 
 
 def test_finetune_reports_progress_and_can_be_cancelled(task_root, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REPO
+from metareg.landmarks import read_landmarks
 from metareg.modelio import load_model, read_index, sha256_of
 from metareg.register import register
 
@@ -15,10 +16,22 @@ ZOO = REPO / "models"
 ENTRIES = read_index(ZOO)
 
 
+HELD_OUT = {2: "fundus-2d-test", 3: "brain-mr-3d-test"}
+
+
+def held_out_task(entry: dict) -> str:
+    """The held-out task a model's card must report: the unseen 2D domain, or the 3D brain test pairs of its modality."""
+    if entry["dimension"] == 2:
+        return HELD_OUT[2]
+    return "brain-mr-3d-t2-test" if "T2w" in entry["modality"] else HELD_OUT[3]
+
+
 def test_the_zoo_lists_its_models():
-    assert {e["name"] for e in ENTRIES} >= {"multidomain-2d-pretrained", "multidomain-2d-reptile"}
+    assert {e["name"] for e in ENTRIES} >= {"multidomain-2d-pretrained", "multidomain-2d-reptile",
+                                            "brain-mr-3d-pretrained", "brain-mr-3d-reptile"}
     for entry in ENTRIES:
-        for key in ("name", "file", "sha256", "dimension", "grid", "domain", "family", "parent", "purpose"):
+        for key in ("name", "file", "sha256", "dimension", "grid", "modality", "domain", "family", "parent",
+                    "purpose"):
             assert key in entry, (entry["name"], key)
         assert sha256_of(ZOO / entry["file"]) == entry["sha256"]
 
@@ -32,7 +45,7 @@ def test_each_card_says_how_it_was_made_and_how_well_it_does(entry):
     if entry["parent"]:
         parent = next(e for e in ENTRIES if e["name"] == entry["parent"])
         assert card["training"]["parent"]["sha256"] == parent["sha256"]
-    held_out = card["metrics"]["fundus-2d-test"]
+    held_out = card["metrics"][held_out_task(entry)]
     assert "command" in held_out and held_out["pairs"] > 0
     methods = held_out["methods"]
     assert any(name.endswith("+0 steps") for name in methods) and any(name.endswith("+10 steps") for name in methods)
@@ -40,10 +53,21 @@ def test_each_card_says_how_it_was_made_and_how_well_it_does(entry):
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
-def test_each_model_registers_the_2d_sample_pair(entry, sample_dir):
+def test_each_model_registers_its_sample_pair(entry, sample_dir):
+    """2D models: the 2D sample pair (NCC must rise). 3D models: the 3D brain sample pair with its 32 AFIDs, T1 or
+    T2 moving as the model's modality (TRE against the known warp must fall well below the start)."""
     model = load_model(entry["name"], ZOO)
-    fixed = sitk.ReadImage(str(sample_dir / "brain2d_fixed.nii.gz"))
-    moving = sitk.ReadImage(str(sample_dir / "brain2d_moving.nii.gz"))
-    result = register(fixed, moving, model=model, device="cpu")
-    assert result.report["ncc_after"] > result.report["ncc_before"]
+    if entry["dimension"] == 2:
+        fixed = sitk.ReadImage(str(sample_dir / "brain2d_fixed.nii.gz"))
+        moving = sitk.ReadImage(str(sample_dir / "brain2d_moving.nii.gz"))
+        result = register(fixed, moving, model=model, device="cpu")
+        assert result.report["ncc_after"] > result.report["ncc_before"]
+    else:
+        contrast = "T2" if "T2w" in entry["modality"] else "T1"
+        fixed = sitk.ReadImage(str(sample_dir / "brain3d_fixed_T1.nii.gz"))
+        moving = sitk.ReadImage(str(sample_dir / f"brain3d_moving_{contrast}.nii.gz"))
+        result = register(fixed, moving, model=model, device="cpu",
+                          fixed_landmarks=read_landmarks(sample_dir / "brain3d_fixed_landmarks.mrk.json"),
+                          moving_landmarks=read_landmarks(sample_dir / "brain3d_moving_landmarks.mrk.json"))
+        assert result.report["tre_after"]["mean"] < 0.5 * result.report["tre_before"]["mean"]
     assert result.report["folding_fraction"] < 0.001

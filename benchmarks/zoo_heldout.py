@@ -1,14 +1,15 @@
 """Held-out evaluation of a zoo model, with elastix and our iterative method measured in the same run.
 
-    .venv/bin/python benchmarks/zoo_heldout.py --model models/brain-mr-3d-reptile.safetensors \\
+    .venv/bin/python benchmarks/zoo_heldout.py --model brain-mr-3d-pretrained --model brain-mr-3d-reptile \\
         --task brain-mr-3d-test --adapt-steps 0,5,10 --elastix --iterative --out benchmarks/results/zoo-brain.json \\
         [--update-card]
 
 For each pair of the task (built by ``metareg data fetch``; known synthetic warps with landmarks) it registers with
-the model at each number of test-time adaptation steps, and optionally with elastix (affine + B-spline) and the
-iterative method, and reports per method the mean over pairs of TRE before/after (mm), NCC before/after, folding
-fraction and wall seconds (CPU threads as set by ``--threads``). ``--update-card`` writes the summary, the command and
-the machine into the model card's ``metrics``.
+each model at each number of test-time adaptation steps (with the pre-alignment its card asks for), and optionally
+with elastix (affine + B-spline) and the iterative method, and reports per method the mean over pairs of TRE
+before/after (mm), NCC before/after, folding fraction and wall seconds (CPU threads as set by ``--threads``).
+``--update-card`` writes the summary (every method of the run, so each card carries elastix measured beside it),
+the command and the machine into each model card's ``metrics``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", action="append", required=True, help="zoo name or file; repeat for several")
     parser.add_argument("--task", required=True)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--adapt-steps", default="0,5")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-card", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    models = [load_model(name) for name in args.model]
     task = load_task(args.task, args.data_dir or default_data_dir())
     pairs = task.pairs[: args.limit] if args.limit else task.pairs
     methods: dict[str, list[dict]] = {}
@@ -76,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
                                                  "folding_fraction": folding, "seconds": seconds})
             print(f"pair {index} {name:24s} TRE {before:.2f} -> {tre:.2f} mm  {seconds:.1f} s", flush=True)
 
-        for steps in [int(s) for s in args.adapt_steps.split(",")]:
-            result = register(fixed, moving, model=model, adapt_steps=steps, adapt_learning_rate=args.adapt_lr,
-                              device="cpu")
-            r = result.report
-            record(f"{model.name} +{steps} steps", result.field, r["seconds"]["total"], r["ncc_before"],
-                   r["ncc_after"], r["folding_fraction"])
+        for model in models:
+            for steps in [int(s) for s in args.adapt_steps.split(",")]:
+                result = register(fixed, moving, model=model, adapt_steps=steps, adapt_learning_rate=args.adapt_lr,
+                                  device="cpu")
+                r = result.report
+                record(f"{model.name} +{steps} steps", result.field, r["seconds"]["total"], r["ncc_before"],
+                       r["ncc_after"], r["folding_fraction"])
         if args.iterative:
             result = register(fixed, moving, device="cpu")
             r = result.report
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             field, seconds = run_elastix(fixed, moving, threads=args.threads)
             record("elastix affine+bspline", field, seconds, None, None)
     summary = {
-        "model": model.name, "task": task.name, "pairs": len(pairs),
+        "models": [model.name for model in models], "task": task.name, "pairs": len(pairs),
         "methods": {name: summarise([{k: (v if v is not None else float("nan")) for k, v in row.items()}
                                      for row in rows]) for name, rows in methods.items()},
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
@@ -107,10 +109,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['tre_after_mm']['sd']:.2f} mm, folding {100 * s['folding_fraction']['mean']:.3f} %, "
               f"{s['seconds']['mean']:.1f} s")
     if args.update_card:
-        card_path = model.weights_path.with_suffix(".json")
-        card = json.loads(card_path.read_text())
-        card.setdefault("metrics", {})[task.name] = summary
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        for model in models:
+            card_path = model.weights_path.with_suffix(".json")
+            card = json.loads(card_path.read_text())
+            card.setdefault("metrics", {})[task.name] = summary
+            card_path.write_text(json.dumps(card, indent=2) + "\n")
     return 0
 
 
