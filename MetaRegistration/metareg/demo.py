@@ -1,8 +1,8 @@
 """``./run demo``: register the sample pair shipped in Resources/SampleData and write everything to demo-output/.
 
-By default the 3D pair is registered with the zoo's brain MR network (``brain-mr-3d-reptile``: affine
-pre-alignment, then the network adapted to the pair for a few steps); ``--model iterative`` uses the built-in
-iterative method instead, and the 2D pair uses the zoo's 2D model.
+By default the 2D pair is registered with the zoo's 2D network (``multidomain-2d-reptile``, adapted to the pair for a
+few steps). The zoo has no 3D brain network good enough to ship yet, so the 3D pair uses the built-in iterative
+method by default; ``--model NAME`` picks any zoo model or file, ``--model iterative`` the iterative method.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ PAIRS = {
         "about": "ITK's 2D proton-density brain slice and its B-spline-deformed copy (no landmarks).",
     },
 }
-DEFAULT_MODELS = {"brain3d": "brain-mr-3d-reptile", "brain2d": "multidomain-2d-reptile"}
-DEFAULT_ADAPT_STEPS = 10
 ITERATIVE = "iterative"
+DEFAULT_MODELS = {"brain3d": ITERATIVE, "brain2d": "multidomain-2d-reptile"}
+DEFAULT_ADAPT_STEPS = 10
 
 
 def method_note(model, adapt_steps: int) -> str:
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                           **landmarks)
     finally:
         bar.close()
-    report = {"pair": args.pair, "fixed": pair["fixed"], "moving": pair["moving"], "note": note, "model": model.name if model is not None else ITERATIVE,
+    report = {"pair": args.pair, "fixed": pair["fixed"], "moving": pair["moving"], "note": note,
+              "model": model.name if model is not None else ITERATIVE,
               "adapt_steps": adapt_steps,
               **result.report}
 
