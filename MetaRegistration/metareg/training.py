@@ -644,18 +644,21 @@ def _init_network(spec: ModelSpec, parent: str | None, seed: int) -> tuple[Regis
 def pretrain(tasks: list[Task], spec: ModelSpec, config: TrainConfig, out: Path, device: str = "auto",
              resume: bool = False, parent: str | None = None, stage: str = "pretrain", command: str = "",
              purpose: str = "", stop_after: int | None = None, progress=None, should_stop=None,
-             loss: LossConfig | None = None) -> list[float]:
+             loss: LossConfig | None = None, datas: list[TaskData] | None = None) -> list[float]:
     """Train (or, with ``parent``, fine-tune) a network on the pooled pairs of ``tasks``; writes ``out`` + card.
 
     ``loss`` replaces the parent's loss when fine-tuning (e.g. mutual information for a multimodal variant); the new
-    card records the loss it was trained with, which test-time adaptation then uses.
+    card records the loss it was trained with, which test-time adaptation then uses. ``datas``: the tasks' pairs
+    already prepared (:class:`metareg.tasks.TaskData` with this spec's grid, normalisation and pre-alignment), to
+    share them between several networks trained on the same pairs; built here when None.
     """
     processes = start_processes(device)
     files = RunFiles(out)
     network, spec, parent_info = _init_network(spec, parent, config.seed)
     if loss is not None:
         spec = ModelSpec(spec.architecture, spec.grid, spec.normalisation, loss, spec.prealign)
-    datas = [TaskData(task, spec.grid, spec.normalisation, affine=spec.prealign == "affine") for task in tasks]
+    if datas is None:
+        datas = [TaskData(task, spec.grid, spec.normalisation, affine=spec.prealign == "affine") for task in tasks]
     started = time.perf_counter()
     curve = train_loop(network, spec, datas, config, files, processes, resume, stage, stop_after, progress, should_stop)
     if stop_after is not None and stop_after < config.steps:
