@@ -127,6 +127,15 @@ def landmark_pairs(task_name: str, limit: int | None = None, data_dir: str | Non
 def _peak_rss_mb() -> float:
     """Peak RSS (MiB) of this process and of the largest child it waited for (Linux reports KiB)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux keeps ru_maxrss across fork + exec, so a spawned child's ru_maxrss starts at its parent's RSS; VmHWM is
+    # the peak of this process's own memory since its exec.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1])
+                break
+    except (OSError, ValueError, IndexError):
+        pass
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024.0
 
