@@ -382,7 +382,9 @@ def run_dimension(dim: int, args, budget: dict, out_dir: Path, cache: Path, env:
             f"{vxm_record['steps']} steps ({vxm_record['seconds']:.0f} s on {args.threads} thread(s); "
             + (f"the zoo model's {zoo_steps} steps fit about 10 minutes, so it got the same budget"
                if vxm_record["steps"] >= zoo_steps else f"scaled down from the zoo model's {zoo_steps} steps")
-            + f"); the weights are cached in {cache.name}/ and reused.")
+            + f"); the weights are cached in {display_path(cache)}/ and reused. Neither VoxelMorph nor our zoo "
+            "network saw a fundus image in training: this domain is unseen by both (the zoo network's adaptation "
+            "steps are on the test pair itself, unsupervised).")
     if dim == 3:
         notes.append(voxelmorph_3d_note(args, budget))
     if args.quick:
@@ -403,6 +405,14 @@ def run_dimension(dim: int, args, budget: dict, out_dir: Path, cache: Path, env:
          tre_before)
     print(f"wrote {', '.join(str(p) for p in paths.values())} and {out_dir / (stem + '.png')}", flush=True)
     print(paths["md"].read_text(), flush=True)
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (as the results are committed there)."""
+    try:
+        return str(path.resolve().relative_to(HERE.parent))
+    except ValueError:
+        return str(path)
 
 
 def model_name_label(name: str) -> str:
