@@ -153,13 +153,11 @@ def affine_by_default(model: str | None) -> bool:
     method or a model whose card cannot be read (the error then comes, clearly, when the model is loaded)."""
     if model in (None, "", ITERATIVE):
         return False
-    import json
-
-    from metareg.modelio import resolve_model
+    from metareg.modelio import read_card, resolve_model
 
     try:
         weights, _ = resolve_model(model)
-        return json.loads(weights.with_suffix(".json").read_text()).get("prealign") == "affine"
+        return read_card(weights.with_suffix(".json")).get("prealign") == "affine"
     except Exception:  # noqa: BLE001 - a default only
         return False
 

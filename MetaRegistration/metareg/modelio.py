@@ -109,7 +109,8 @@ def save_model(network: RegistrationNetwork, weights_path: str | Path, card: dic
     return card_path
 
 
-def _read_card(card_path: Path) -> dict[str, Any]:
+def read_card(card_path: Path) -> dict[str, Any]:
+    """A model card (JSON), checked to have its architecture and sha256; a clear ModelError otherwise."""
     try:
         card = json.loads(card_path.read_text())
     except FileNotFoundError:
@@ -165,7 +166,7 @@ def load_model(name_or_path: str | Path, zoo_dir: Path | None = None, device: st
     weights_path, index_sha = resolve_model(str(name_or_path), zoo_dir)
     if not weights_path.exists():
         raise ModelError(f"model weights {weights_path} are missing")
-    card = _read_card(weights_path.with_suffix(".json"))
+    card = read_card(weights_path.with_suffix(".json"))
     actual = sha256_of(weights_path)
     for source, expected in (("its card", card["sha256"]), ("the zoo index", index_sha)):
         if expected is not None and expected != actual:

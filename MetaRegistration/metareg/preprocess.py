@@ -21,6 +21,9 @@ _MAX_SAMPLES = 1_000_000
 _EQUALISATION_BINS = 256
 
 
+PREALIGN_CHOICES = ("none", "affine")  # a model card's "prealign": what every pair gets before the network
+
+
 def intensity_window(image: sitk.Image, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
     """The ``low``-th and ``high``-th intensity percentiles of ``image`` (a regular subsample of at most 1M voxels)."""
     values = sitk.GetArrayViewFromImage(image).ravel()

@@ -205,7 +205,7 @@ def register(
     if fixed_landmarks is not None and moving_landmarks is not None:
         matched = match_landmarks(fixed_landmarks, moving_landmarks)
     if affine is None:
-        affine = model is not None and (model.card.get("prealign") or "none") == "affine"
+        affine = model is not None and model.card.get("prealign") == "affine"
     torch_device = resolve_device(device)
     started = time.perf_counter()
     stages = _Stages(progress, {"prealign": 3.0 if affine else 0.0, "preprocess": 0.5, "adaptation": 4.0 if adapt_steps else 0.0,

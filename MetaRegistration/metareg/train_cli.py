@@ -15,6 +15,7 @@ from .augment import AugmentConfig
 from .errors import InputError
 from .losses import REGULARISERS, SIMILARITIES, LossConfig
 from .networks import FAMILIES
+from .preprocess import PREALIGN_CHOICES
 from .tasks import Task, default_data_dir, load_task
 
 TRAIN_EXAMPLES = """\
@@ -167,7 +168,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="regulariser (default gradient_l2)")
     model.add_argument("--smoothness", type=float, default=1.0, help="regulariser weight (default 1.0)")
     model.add_argument("--histogram-equalisation", action="store_true", help="equalise intensities (seed 000)")
-    model.add_argument("--prealign", choices=("none", "affine"), default="none",
+    model.add_argument("--prealign", choices=PREALIGN_CHOICES, default="none",
                        help="affine: pre-align every pair (SimpleITK affine, mutual information) before training, and "
                             "by default before every registration with the model (default none)")
 
