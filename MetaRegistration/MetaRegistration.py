@@ -84,6 +84,7 @@ class MetaRegistrationParameterNode:
     movingSegmentation: vtkMRMLSegmentationNode
     model: str = registration.ITERATIVE
     adaptSteps: Annotated[int, WithinRange(0, 500)] = 0
+    refineSteps: Annotated[int, WithinRange(0, 1000)] = 0
     affine: bool = False
     diffeomorphic: bool = False
     device: str = "auto"
@@ -220,8 +221,11 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelChanged(self, index) -> None:
         if self._parameterNode and index >= 0:
             self._parameterNode.model = self.ui.modelComboBox.itemData(index)
-            # a model trained on affinely pre-aligned pairs expects them: tick the box (the user may untick it)
-            self._parameterNode.affine = registration.affine_by_default(self._parameterNode.model)
+            # what the model's card asks for: affine pre-alignment for a model trained on pre-aligned pairs, and its
+            # refinement steps (the user may change either)
+            defaults = registration.card_defaults(self._parameterNode.model)
+            self._parameterNode.affine = defaults.affine
+            self._parameterNode.refineSteps = defaults.refine_steps
 
     def onDeviceChanged(self, index) -> None:
         if self._parameterNode and index >= 0:
@@ -244,6 +248,7 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                        "Select a fixed and a moving volume")
         network = bool(p and p.model != registration.ITERATIVE)
         self.ui.adaptStepsSpinBox.enabled = network
+        self.ui.refineStepsSpinBox.enabled = network
         self.ui.diffeomorphicCheckBox.enabled = not network
         hasOutputs = bool(p and p.outputTransform)
         adapting = self._finetuneJob is not None and not self._finetuneJob.done
@@ -265,7 +270,8 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         inputs = registration.RegistrationInputs(p.fixedVolume, p.movingVolume, p.fixedLandmarks, p.movingLandmarks,
                                                  p.fixedSegmentation, p.movingSegmentation)
-        settings = registration.RegistrationSettings(model=p.model, adapt_steps=p.adaptSteps, affine=p.affine,
+        settings = registration.RegistrationSettings(model=p.model, adapt_steps=p.adaptSteps,
+                                                     refine_steps=p.refineSteps, affine=p.affine,
                                                      diffeomorphic=p.diffeomorphic, device=p.device,
                                                      checkerboard_squares=p.checkerboardSquares)
         try:

@@ -46,6 +46,19 @@ def test_demo_writes_every_output_and_a_report_with_its_panels(tmp_path, capsys)
     assert np.abs(jacobian_tile[..., 0] - jacobian_tile[..., 2]).max() > 0.1
 
 
+def test_the_default_demo_registers_the_3d_pair_with_the_zoo(tmp_path, capsys):
+    """`./run demo` with no options: the 3D brain pair, the zoo's 3D network with its card's affine step and refinement."""
+    out = tmp_path / "demo3d"
+    assert demo_main(["--output", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "affine pre-alignment, then the zoo network brain-mr-3d-reptile, then 30 refinement steps" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["pair"] == "brain3d" and report["model"] == "brain-mr-3d-reptile"
+    assert report["affine"] and report["adapt_steps"] == 0 and report["refine_steps"] == 30
+    assert report["tre_after"]["mean"] < 0.25 * report["tre_before"]["mean"]  # against the sample's known warp
+    assert report["folding_fraction"] < 0.001
+
+
 def test_slicer_extension_cmake_is_complete():
     top = (REPO / "CMakeLists.txt").read_text()
     for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",

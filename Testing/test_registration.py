@@ -10,13 +10,21 @@ import SimpleITK as sitk
 import torch
 
 from metareg import losses
-from metareg.errors import Cancelled, ModelError
-from metareg.geometry import Grid, affine_to_field, map_points, warp_image, warp_tensor
-from metareg.iterative import IterativeConfig
-from metareg.landmarks import Landmarks, read_landmarks
+from metareg.errors import Cancelled, InputError, ModelError
+from metareg.geometry import (
+    Grid,
+    affine_to_field,
+    map_points,
+    network_displacement_to_field,
+    warp_image,
+    warp_tensor,
+)
+from metareg.iterative import IterativeConfig, register_iterative
+from metareg.landmarks import Landmarks, match_landmarks, read_landmarks
 from metareg.modelio import load_model, save_model, sha256_of
 from metareg.networks import build_network
-from metareg.register import landmark_report, register
+from metareg.preprocess import prepare_pair
+from metareg.register import landmark_report, refinement_config, register
 from metareg.synthetic import invert_points, random_smooth_field
 
 
@@ -226,6 +234,58 @@ def test_test_time_adaptation_improves_the_pair_and_leaves_the_model_unchanged(t
         assert torch.equal(value, weights_before[key]), key
     assert sha256_of(path) == file_before
     assert adapted.report["method"] == "network" and adapted.report["adapt_steps"] == 30
+
+
+def test_refinement_starts_from_the_network_and_improves_it(tmp_path, brain2d_known_warp):
+    """N iterative steps on the field, started from the network's displacement: better than the network alone,
+    and better than the same N steps from the identity (so it really starts from the network)."""
+    fixed, moving, fl, ml = brain2d_known_warp
+    _, path = tiny_model_files(tmp_path)
+    model = load_model(path)
+    adapted = register(fixed, moving, model=model, adapt_steps=30, adapt_learning_rate=3e-3, device="cpu",
+                       fixed_landmarks=fl, moving_landmarks=ml)
+    refined = register(fixed, moving, model=model, adapt_steps=30, adapt_learning_rate=3e-3, refine_steps=15,
+                       device="cpu", fixed_landmarks=fl, moving_landmarks=ml)
+    assert refined.report["refine_steps"] == 15 and adapted.report["refine_steps"] == 0
+    assert len(refined.loss_curve) == 30 + 15  # adaptation's steps, then refinement's
+    assert refined.report["refine_grid"]["size"] == list(fixed.GetSize())  # small enough for its own grid
+    assert refined.report["tre_after"]["mean"] < 0.8 * adapted.report["tre_after"]["mean"]
+    assert refined.report["ncc_after"] > adapted.report["ncc_after"]
+    grid = Grid.from_image(fixed)  # the same 15 steps from the identity instead of from the network
+    _, fixed_t, moving_t = prepare_pair(fixed, moving, None, model.card["normalisation"], grid=grid)
+    from_identity, _ = register_iterative(fixed_t, moving_t, refinement_config(15, losses.LossConfig("lncc")))
+    identity_tre = landmark_report(network_displacement_to_field(from_identity, grid, fixed),
+                                   *match_landmarks(fl, ml), dim=2)
+    assert refined.report["tre_after"]["mean"] < identity_tre["tre_after"]["mean"]
+    with pytest.raises(InputError, match="--refine-steps"):
+        register(fixed, moving, refine_steps=5, device="cpu")
+    with pytest.raises(InputError, match="--refine-steps"):
+        register(fixed, moving, model=model, refine_steps=-1, device="cpu")
+
+
+def test_the_card_sets_the_default_refinement(tmp_path, brain2d_known_warp):
+    fixed, moving, _, _ = brain2d_known_warp
+    _, path = tiny_model_files(tmp_path)
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["refinement"] = {"steps": 4}
+    card_path.write_text(json.dumps(card))
+    model = load_model(path)
+    assert register(fixed, moving, model=model, device="cpu").report["refine_steps"] == 4
+    assert register(fixed, moving, model=model, refine_steps=0, device="cpu").report["refine_steps"] == 0
+
+
+def test_iterative_refinement_checks_its_start():
+    fixed = torch.rand(1, 1, 16, 18)
+    start = torch.zeros(1, 2, 16, 18)
+    start[0, 0] = 1.5
+    kept, curve = register_iterative(fixed, fixed, IterativeConfig(shrink_factors=(1,), iterations=(0,)), initial=start)
+    torch.testing.assert_close(kept, start)  # zero steps hand the start back
+    assert curve == []
+    with pytest.raises(ValueError, match="shape"):
+        register_iterative(fixed, fixed, IterativeConfig(), initial=torch.zeros(1, 2, 8, 9))
+    with pytest.raises(ValueError, match="diffeomorphic"):
+        register_iterative(fixed, fixed, IterativeConfig(diffeomorphic=True), initial=start)
 
 
 def test_a_model_trained_on_prealigned_pairs_gets_the_affine_step_by_default(tmp_path, sample_dir):

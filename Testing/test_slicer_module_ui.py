@@ -169,3 +169,13 @@ def test_module_file_imports_and_its_logic_facade_works_on_slicer_core(monkeypat
     logic = MetaRegistration.MetaRegistrationLogic()
     assert logic.scene is scene
     assert callable(logic.start) and callable(logic.finish)
+
+
+def test_picking_a_model_takes_the_defaults_its_card_asks_for():
+    """The panel ticks affine pre-alignment and fills the refinement steps from the picked model's card."""
+    logic = MetaRegistrationLib.logic
+    brain = logic.card_defaults("brain-mr-3d-reptile")
+    assert brain.affine and brain.refine_steps == 30
+    assert logic.card_defaults("multidomain-2d-reptile") == logic.CardDefaults(affine=False, refine_steps=0)
+    assert logic.card_defaults(logic.ITERATIVE) == logic.CardDefaults()
+    assert logic.card_defaults("no-such-model") == logic.CardDefaults()  # the clear error comes when it is loaded

@@ -1,11 +1,12 @@
 """Held-out evaluation of a zoo model, with elastix and our iterative method measured in the same run.
 
     .venv/bin/python benchmarks/zoo_heldout.py --model brain-mr-3d-pretrained --model brain-mr-3d-reptile \\
-        --task brain-mr-3d-test --adapt-steps 0,5,10 --elastix --iterative --out benchmarks/results/zoo-brain.json \\
-        [--update-card]
+        --task brain-mr-3d-test --adapt-steps 0,10 --refine-steps 0,30 --elastix --iterative \\
+        --out benchmarks/results/zoo-brain.json [--update-card]
 
 For each pair of the task (built by ``metareg data fetch``; known synthetic warps with landmarks) it registers with
-each model at each number of test-time adaptation steps (with the pre-alignment its card asks for), and optionally
+each model at each number of test-time adaptation steps and of refinement steps (the iterative method started from
+the network's field), with the pre-alignment its card asks for, and optionally
 with elastix (affine + B-spline) and the iterative method, and reports per method the mean over pairs of TRE
 before/after (mm), NCC before/after, folding fraction and wall seconds (CPU threads as set by ``--threads``).
 ``--update-card`` writes the summary (every method of the run, so each card carries elastix measured beside it),
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--adapt-steps", default="0,5")
     parser.add_argument("--adapt-lr", type=float, default=None)
+    parser.add_argument("--refine-steps", default="0", help="comma-separated refinement steps after the network")
     parser.add_argument("--elastix", action="store_true")
     parser.add_argument("--iterative", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
@@ -79,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
 
         for model in models:
             for steps in [int(s) for s in args.adapt_steps.split(",")]:
-                result = register(fixed, moving, model=model, adapt_steps=steps, adapt_learning_rate=args.adapt_lr,
-                                  device="cpu")
-                r = result.report
-                record(f"{model.name} +{steps} steps", result.field, r["seconds"]["total"], r["ncc_before"],
-                       r["ncc_after"], r["folding_fraction"])
+                for refine in [int(s) for s in args.refine_steps.split(",")]:
+                    result = register(fixed, moving, model=model, adapt_steps=steps, adapt_learning_rate=args.adapt_lr,
+                                      refine_steps=refine, device="cpu")
+                    r = result.report
+                    name = f"{model.name} +{steps} steps" + (f", refined {refine}" if refine else "")
+                    record(name, result.field, r["seconds"]["total"], r["ncc_before"], r["ncc_after"],
+                           r["folding_fraction"])
         if args.iterative:
             result = register(fixed, moving, device="cpu")
             r = result.report

@@ -45,6 +45,8 @@ class RegistrationSettings:
     Attributes:
         model: ``"iterative"`` (no network), a model name from the zoo, or the path of a ``.safetensors`` file.
         adapt_steps: test-time adaptation steps on this pair (networks only; 0 = the model as trained).
+        refine_steps: networks only: steps of the iterative method on the field, started from the network's result
+            (0 = none; None = as the model's card says, see :func:`card_defaults`).
         affine: classical affine pre-alignment first, composed into the output transform.
         diffeomorphic: iterative method only: optimise a velocity field (no folding in practice). A network's
             integration is fixed by the model.
@@ -55,6 +57,7 @@ class RegistrationSettings:
 
     model: str = ITERATIVE
     adapt_steps: int = 0
+    refine_steps: int | None = None
     affine: bool = False
     diffeomorphic: bool = False
     device: str = "auto"
@@ -148,18 +151,29 @@ def load_model_for(settings: RegistrationSettings):
     return load_model(settings.model)
 
 
-def affine_by_default(model: str | None) -> bool:
-    """Whether ``model``'s card asks for affine pre-alignment (``"prealign": "affine"``); False for the iterative
-    method or a model whose card cannot be read (the error then comes, clearly, when the model is loaded)."""
+@dataclass(frozen=True)
+class CardDefaults:
+    """What a model's card asks for by default: affine pre-alignment (``"prealign": "affine"``) and refinement steps
+    (``"refinement": {"steps": N}``)."""
+
+    affine: bool = False
+    refine_steps: int = 0
+
+
+def card_defaults(model: str | None) -> CardDefaults:
+    """The defaults of ``model``'s card; none for the iterative method or a model whose card cannot be read (the
+    error then comes, clearly, when the model is loaded)."""
     if model in (None, "", ITERATIVE):
-        return False
+        return CardDefaults()
     from metareg.modelio import read_card, resolve_model
+    from metareg.register import refine_steps_by_default
 
     try:
         weights, _ = resolve_model(model)
-        return read_card(weights.with_suffix(".json")).get("prealign") == "affine"
-    except Exception:  # noqa: BLE001 - a default only
-        return False
+        card = read_card(weights.with_suffix(".json"))
+        return CardDefaults(affine=card.get("prealign") == "affine", refine_steps=refine_steps_by_default(card))
+    except Exception:  # noqa: BLE001 - defaults only
+        return CardDefaults()
 
 
 def run_engine(prepared: PreparedInputs, settings: RegistrationSettings, progress=None, should_stop=None):
@@ -172,6 +186,7 @@ def run_engine(prepared: PreparedInputs, settings: RegistrationSettings, progres
         prepared.moving_image,
         model=model,
         adapt_steps=int(settings.adapt_steps) if model is not None else 0,
+        refine_steps=(None if settings.refine_steps is None else int(settings.refine_steps)) if model is not None else 0,
         affine=bool(settings.affine),
         iterative_config=settings.iterative_config() if model is None else None,
         device=settings.device,

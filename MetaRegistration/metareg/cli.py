@@ -1,8 +1,8 @@
 """The ``metareg`` command line.
 
-    metareg register --fixed F --moving M [--model NAME_OR_PATH | --method iterative] [--adapt-steps K] [--affine]
-                     [--warped OUT] [--field OUT.nii.gz] [--transform OUT.h5] [--fixed-landmarks L]
-                     [--moving-landmarks L] [--report OUT.json]
+    metareg register --fixed F --moving M [--model NAME_OR_PATH | --method iterative] [--adapt-steps K]
+                     [--refine-steps N] [--affine] [--warped OUT] [--field OUT.nii.gz] [--transform OUT.h5]
+                     [--fixed-landmarks L] [--moving-landmarks L] [--report OUT.json]
     metareg evaluate --pairs PAIRS.csv --out-csv OUT.csv [...]
     metareg models
 
@@ -192,6 +192,9 @@ def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
                             "model file is never changed")
     group.add_argument("--adapt-lr", type=float, default=None, metavar="RATE",
                        help="Adam step size of the test-time adaptation (default: the model card's)")
+    group.add_argument("--refine-steps", type=int, default=None, metavar="N",
+                       help="after the network, N steps of the iterative method on the field, started from the "
+                            "network's displacement (default: the model card's; 0 = the network's field as is)")
     group.add_argument("--affine", action=argparse.BooleanOptionalAction, default=None,
                        help="classical affine pre-alignment (SimpleITK, mutual information) before the deformable step "
                             "(default: as the model's card says; off for the iterative method)")
@@ -245,6 +248,8 @@ def _load_method(args: argparse.Namespace):
             raise InputError(f"--model {args.model}", str(error)) from None
     if args.adapt_steps:
         raise InputError("--adapt-steps", "test-time adaptation needs a network", "give --model, or drop --adapt-steps")
+    if args.refine_steps:
+        raise InputError("--refine-steps", "refinement starts from a network's output", "give --model, or drop --refine-steps")
     return None
 
 
@@ -300,6 +305,7 @@ def run_register(args: argparse.Namespace) -> int:
     try:
         result = register(
             fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
+            refine_steps=args.refine_steps,
             affine=args.affine, iterative_config=None if model is not None else _iterative_config(args),
             device=args.device, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
             fixed_labels=fixed_labels, moving_labels=moving_labels, progress=bar,
@@ -370,7 +376,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             mlab = read_image(pair["moving_labels"], f"pair {index} moving_labels") if pair["moving_labels"] else None
             result = register(
                 fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
-                affine=args.affine, iterative_config=None if model is not None else _iterative_config(args),
+                refine_steps=args.refine_steps, affine=args.affine,
+                iterative_config=None if model is not None else _iterative_config(args),
                 device=args.device, fixed_landmarks=fl, moving_landmarks=ml, fixed_labels=flab, moving_labels=mlab,
             )
         except MetaRegError as error:

@@ -286,6 +286,29 @@ def voxel_displacement_to_physical(disp_vox: torch.Tensor | np.ndarray, grid: Gr
     return index_disp @ grid.index_to_physical_matrix.T
 
 
+def physical_to_voxel_displacement(array: np.ndarray, grid: Grid) -> torch.Tensor:
+    """LPS mm displacement ``(*spatial, dim)`` on ``grid`` → voxel displacement ``(1, dim, *spatial)`` (float32).
+
+    The inverse of :func:`voxel_displacement_to_physical`.
+    """
+    array = np.asarray(array, dtype=np.float64).reshape((*grid.tensor_shape, grid.dim))
+    index_disp = array @ np.linalg.inv(grid.index_to_physical_matrix).T  # (*spatial, dim) in ITK index order
+    channels = np.moveaxis(index_disp, -1, 0)[::-1]  # channel c moves along tensor axis c = ITK index axis dim-1-c
+    return torch.from_numpy(np.ascontiguousarray(channels, dtype=np.float32))[None]
+
+
+def regrid_displacement(disp_vox: torch.Tensor, from_grid: Grid, to_grid: Grid) -> torch.Tensor:
+    """The same physical displacement, re-expressed as a voxel displacement on another grid.
+
+    ``disp_vox`` ``(1, dim, *from_grid.tensor_shape)`` → ``(1, dim, *to_grid.tensor_shape)``: resampled linearly in
+    physical space (nearest value beyond ``from_grid``) and converted to ``to_grid``'s voxel units and axes, so grids
+    of any spacing, origin and direction can hand a displacement to each other (e.g. a network's model grid to the
+    finer grid a refinement runs on).
+    """
+    field = network_displacement_to_field(disp_vox, from_grid, to_grid.reference_image())
+    return physical_to_voxel_displacement(sitk.GetArrayFromImage(field), to_grid).to(disp_vox.device)
+
+
 def vector_image(array: np.ndarray, grid: Grid) -> sitk.Image:
     """``(*grid.tensor_shape, dim)`` float array of LPS mm vectors → ``sitkVectorFloat64`` image on ``grid``."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float64), isVector=True)

@@ -64,8 +64,14 @@ def register_iterative(
     config: IterativeConfig = IterativeConfig(),
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    initial: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Register ``moving`` to ``fixed`` (both ``(1, 1, *spatial)``, normalised) by direct optimisation.
+
+    Args:
+        initial: optional voxel displacement ``(1, dim, *spatial)`` on the input grid to start from (e.g. a network's
+            prediction, which this then refines); the coarsest level starts from it resampled. Only for
+            ``diffeomorphic=False``: a displacement is not a velocity.
 
     Returns:
         The voxel displacement ``(1, dim, *spatial)`` on the input grid and the loss after every step.
@@ -74,10 +80,16 @@ def register_iterative(
         Cancelled: when ``should_stop()`` returns True (checked every step).
     """
     dim = fixed.dim() - 2
+    params = None  # the current level's optimised tensor
+    if initial is not None:
+        if config.diffeomorphic:
+            raise ValueError("an initial displacement can only be refined with diffeomorphic=False")
+        if tuple(initial.shape) != (1, dim, *fixed.shape[2:]):
+            raise ValueError(f"initial displacement has shape {tuple(initial.shape)}, expected {(1, dim, *fixed.shape[2:])}")
+        params = initial.detach().to(fixed.dtype)
     total_steps = sum(config.iterations)
     done = 0
     curve: list[float] = []
-    params = None
     for factor, iterations in zip(config.shrink_factors, config.iterations):
         fixed_level = _shrink(fixed, factor)
         moving_level = _shrink(moving, factor)
