@@ -268,9 +268,12 @@ def test_the_card_sets_the_default_refinement(tmp_path, brain2d_known_warp):
     _, path = tiny_model_files(tmp_path)
     card_path = path.with_suffix(".json")
     card = json.loads(card_path.read_text())
-    card["refinement"] = {"steps": 4}
+    card["refinement"] = {"steps": 4, "regulariser_weight": 7.0}
     card_path.write_text(json.dumps(card))
     model = load_model(path)
+    config = refinement_config(4, losses.LossConfig("lncc", regulariser_weight=1.0), model.card)
+    assert config.iterations == (4,) and config.loss.regulariser_weight == 7.0 and config.loss.similarity == "lncc"
+    assert refinement_config(4, losses.LossConfig("mi", regulariser_weight=2.0)).loss.regulariser_weight == 2.0
     assert register(fixed, moving, model=model, device="cpu").report["refine_steps"] == 4
     assert register(fixed, moving, model=model, refine_steps=0, device="cpu").report["refine_steps"] == 0
 

@@ -18,7 +18,8 @@ def test_self_test_body_passes_on_slicer_core():
 
 
 def test_self_test_uses_the_smallest_3d_zoo_model_when_there_is_one(tmp_path):
-    """With a zoo, the self-test picks its smallest 3D model and adapts it for a few steps (no registration here)."""
+    """With a zoo, the self-test picks its smallest 3D model for the sample's T1w pair (not a T1/T2 model) and adapts
+    it for a few steps (no registration here)."""
     import json
 
     from metareg.modelio import save_model
@@ -26,13 +27,15 @@ def test_self_test_uses_the_smallest_3d_zoo_model_when_there_is_one(tmp_path):
 
     assert selftest.self_test_settings(tmp_path).model == logic.ITERATIVE  # no index: iterative method
     entries = []
-    for name, channels in (("big-3d", [16, 16]), ("small-3d", [4, 4]), ("tiny-2d", [2, 2])):
+    for name, channels in (("big-3d", [16, 16]), ("small-3d", [4, 4]), ("tiny-2d", [2, 2]), ("tiny-t2-3d", [2, 2])):
         dim = 2 if name.endswith("2d") else 3
         network = build_network({"family": "unet", "dim": dim, "encoder_channels": channels,
                                  "decoder_channels": channels + [channels[-1]]})
         save_model(network, tmp_path / f"{name}.safetensors", {"purpose": f"{name} test model"})
-        entries.append({"name": name, "file": f"{name}.safetensors", "dimension": dim, "purpose": "test"})
+        entries.append({"name": name, "file": f"{name}.safetensors", "dimension": dim, "purpose": "test",
+                        "modality": "MR T1w (fixed) / T2w (moving)" if "t2" in name else "MR T1w"})
     (tmp_path / "index.json").write_text(json.dumps({"models": entries}))
     settings = selftest.self_test_settings(tmp_path)
     assert settings.model == "small-3d" and settings.adapt_steps == selftest.SELF_TEST_ADAPT_STEPS
-    assert [choice.value for choice in logic.model_choices(tmp_path)] == [logic.ITERATIVE, "big-3d", "small-3d"]
+    assert [choice.value for choice in logic.model_choices(tmp_path)] == [logic.ITERATIVE, "big-3d", "small-3d",
+                                                                         "tiny-t2-3d"]

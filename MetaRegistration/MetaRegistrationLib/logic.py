@@ -355,15 +355,16 @@ def model_choices(zoo_dir=None, user_model_dir=None) -> list[Choice]:
     return choices
 
 
-def smallest_zoo_model(zoo_dir=None) -> str | None:
-    """Name of the zoo's smallest 3D model (by file size), or None when the zoo has none."""
+def smallest_zoo_model(zoo_dir=None, modality: str = "MR T1w") -> str | None:
+    """Name of the zoo's smallest 3D model (by file size) for ``modality`` (the index entry's; entries without one
+    count as any), or None when the zoo has none. The default suits the brain3d sample's T1w pair."""
     from metareg.modelio import default_zoo_dir, read_index
 
     folder = zoo_dir or default_zoo_dir()
     sizes = []
     for entry in read_index(zoo_dir):
         path = folder / entry["file"]
-        if int(entry.get("dimension", 3)) == 3 and path.exists():
+        if int(entry.get("dimension", 3)) == 3 and entry.get("modality", modality) == modality and path.exists():
             sizes.append((path.stat().st_size, entry["name"]))
     return min(sizes)[1] if sizes else None
 

@@ -120,9 +120,13 @@ def iterative_grid(fixed: sitk.Image, max_voxels: int | None = None) -> Grid:
     return model_grid_on_fixed(fixed, size=[max(2, int(round(n / factor))) for n in size])
 
 
-def refinement_config(steps: int, loss: LossConfig) -> IterativeConfig:
+def refinement_config(steps: int, loss: LossConfig, card: dict | None = None) -> IterativeConfig:
     """The iterative method as it refines a network's displacement: ``steps`` Adam steps on the field, at
-    :data:`REFINE_SHRINK_FACTOR`, minimising the model's own loss (similarity and regulariser as on its card)."""
+    :data:`REFINE_SHRINK_FACTOR`, minimising the model's own loss (similarity and regulariser as on its card), with
+    the regulariser weight of ``card["refinement"]["regulariser_weight"]`` when the card gives one (the MI model's
+    does: with MI's noisier gradients, weight 1 let the refined field fold)."""
+    weight = (card or {}).get("refinement", {}).get("regulariser_weight", loss.regulariser_weight)
+    loss = LossConfig(**{**loss.to_dict(), "regulariser_weight": float(weight)})
     return IterativeConfig(shrink_factors=(REFINE_SHRINK_FACTOR,), iterations=(int(steps),), loss=loss)
 
 
@@ -274,7 +278,7 @@ def register(
                                                     grid=refine_grid)
                 initial = regrid_displacement(disp_vox.cpu(), grid, refine_grid).to(torch_device)
                 disp_vox, refine_curve = register_iterative(
-                    fixed_r.to(torch_device), moving_r.to(torch_device), refinement_config(refine_steps, loss_config),
+                    fixed_r.to(torch_device), moving_r.to(torch_device), refinement_config(refine_steps, loss_config, model.card),
                     progress=report, should_stop=should_stop, initial=initial,
                 )
                 loss_curve = loss_curve + refine_curve
