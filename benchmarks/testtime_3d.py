@@ -297,10 +297,10 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     def network_rows(label: str, model, steps: int) -> None:
         print(label, flush=True)
         per_pair[label] = evaluate(
-            label, pairs, lambda p: register(p.fixed, p.moving, model=model, adapt_steps=steps, device=args.device,
-                                             **labels_of(p)),
-            warmup=lambda p: register(p.fixed, p.moving, model=model, adapt_steps=min(steps, 1), affine=False,
-                                      device=args.device))
+            label, pairs, lambda p: register(p.fixed, p.moving, model=model, adapt_steps=steps, refine_steps=0,
+                                             device=args.device, **labels_of(p)),
+            warmup=lambda p: register(p.fixed, p.moving, model=model, adapt_steps=min(steps, 1), refine_steps=0,
+                                      affine=False, device=args.device))
         table.append(summary_row(label, per_pair[label], grid_text(model.card["grid"]["size"])))
 
     for family, (path, info) in references.items():

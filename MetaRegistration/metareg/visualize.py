@@ -51,7 +51,8 @@ def _summary_lines(report: dict) -> list[str]:
     lines = []
     method = report.get("method", "?")
     if method == "network":
-        lines.append(f"Method: network {report.get('model')} + {report.get('adapt_steps', 0)} adaptation steps")
+        lines.append(f"Method: network {report.get('model')} + {report.get('adapt_steps', 0)} adaptation steps"
+                     f" + {report.get('refine_steps', 0)} refinement steps")
     else:
         lines.append("Method: iterative optimisation of the field (no network)")
     if report.get("affine"):
@@ -71,8 +72,10 @@ def _summary_lines(report: dict) -> list[str]:
         f"Folding (|J| ≤ 0): {100 * report['folding_fraction']:.3f} %   std log|J|: {report['std_log_jacobian']:.3f}"
     )
     seconds = report.get("seconds", {})
-    parts = ", ".join(f"{k} {v:.1f}" for k, v in seconds.items() if k != "total" and v >= 0.05)
-    lines.append(f"Seconds: total {seconds.get('total', float('nan')):.1f} ({parts})")
+    parts = [f"{k} {v:.1f}" for k, v in seconds.items() if k != "total" and v >= 0.05]
+    lines.append(f"Seconds: total {seconds.get('total', float('nan')):.1f}")
+    for start in range(0, len(parts), 4):  # four stages a line, so the panel does not run off the figure
+        lines.append("  " + ", ".join(parts[start:start + 4]))
     return lines
 
 
