@@ -186,7 +186,7 @@ def run_engine(prepared: PreparedInputs, settings: RegistrationSettings, progres
         prepared.moving_image,
         model=model,
         adapt_steps=int(settings.adapt_steps) if model is not None else 0,
-        refine_steps=(None if settings.refine_steps is None else int(settings.refine_steps)) if model is not None else 0,
+        refine_steps=None if model is None or settings.refine_steps is None else int(settings.refine_steps),
         affine=bool(settings.affine),
         iterative_config=settings.iterative_config() if model is None else None,
         device=settings.device,

@@ -249,7 +249,8 @@ def _load_method(args: argparse.Namespace):
     if args.adapt_steps:
         raise InputError("--adapt-steps", "test-time adaptation needs a network", "give --model, or drop --adapt-steps")
     if args.refine_steps:
-        raise InputError("--refine-steps", "refinement starts from a network's output", "give --model, or drop --refine-steps")
+        raise InputError("--refine-steps", "refinement starts from a network's output",
+                         "give --model, or drop --refine-steps")
     return None
 
 

@@ -85,7 +85,8 @@ def register_iterative(
         if config.diffeomorphic:
             raise ValueError("an initial displacement can only be refined with diffeomorphic=False")
         if tuple(initial.shape) != (1, dim, *fixed.shape[2:]):
-            raise ValueError(f"initial displacement has shape {tuple(initial.shape)}, expected {(1, dim, *fixed.shape[2:])}")
+            raise ValueError(f"initial displacement has shape {tuple(initial.shape)}, "
+                             f"expected {(1, dim, *fixed.shape[2:])}")
         params = initial.detach().to(fixed.dtype)
     total_steps = sum(config.iterations)
     done = 0

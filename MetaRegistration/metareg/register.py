@@ -120,19 +120,25 @@ def iterative_grid(fixed: sitk.Image, max_voxels: int | None = None) -> Grid:
     return model_grid_on_fixed(fixed, size=[max(2, int(round(n / factor))) for n in size])
 
 
+def card_refinement(card: dict | None) -> dict:
+    """A model card's ``"refinement"`` entry (``{"steps": N, "regulariser_weight": W}``, both optional); ``{}`` when
+    it has none."""
+    return (card or {}).get("refinement") or {}
+
+
 def refinement_config(steps: int, loss: LossConfig, card: dict | None = None) -> IterativeConfig:
     """The iterative method as it refines a network's displacement: ``steps`` Adam steps on the field, at
     :data:`REFINE_SHRINK_FACTOR`, minimising the model's own loss (similarity and regulariser as on its card), with
     the regulariser weight of ``card["refinement"]["regulariser_weight"]`` when the card gives one (the MI model's
     does: with MI's noisier gradients, weight 1 let the refined field fold)."""
-    weight = (card or {}).get("refinement", {}).get("regulariser_weight", loss.regulariser_weight)
+    weight = card_refinement(card).get("regulariser_weight", loss.regulariser_weight)
     loss = LossConfig(**{**loss.to_dict(), "regulariser_weight": float(weight)})
     return IterativeConfig(shrink_factors=(REFINE_SHRINK_FACTOR,), iterations=(int(steps),), loss=loss)
 
 
 def refine_steps_by_default(card: dict) -> int:
     """The refinement steps a model's card asks for (``card["refinement"]["steps"]``), 0 when it says nothing."""
-    return int((card.get("refinement") or {}).get("steps", 0))
+    return int(card_refinement(card).get("steps", 0))
 
 
 def adapt_network(
@@ -219,7 +225,8 @@ def register(
     if adapt_steps < 0:
         raise InputError("--adapt-steps", f"must be >= 0, got {adapt_steps}")
     if model is None and refine_steps:
-        raise InputError("--refine-steps", "refinement starts from a network's output", "give --model, or drop --refine-steps")
+        raise InputError("--refine-steps", "refinement starts from a network's output",
+                         "give --model, or drop --refine-steps")
     if refine_steps is None:
         refine_steps = refine_steps_by_default(model.card) if model is not None else 0
     if refine_steps < 0:
@@ -240,7 +247,8 @@ def register(
     torch_device = resolve_device(device)
     started = time.perf_counter()
     stages = _Stages(progress, {"prealign": 3.0 if affine else 0.0, "preprocess": 0.5, "adaptation": 4.0 if adapt_steps else 0.0,
-                                "registration": 4.0, "refinement": 2.0 if refine_steps else 0.0, "field": 0.5, "warp": 0.5, "metrics": 0.5})
+                                "registration": 4.0, "refinement": 2.0 if refine_steps else 0.0, "field": 0.5,
+                                "warp": 0.5, "metrics": 0.5})
     loss_curve: list[float] = []
 
     prealign = None
@@ -278,7 +286,8 @@ def register(
                                                     grid=refine_grid)
                 initial = regrid_displacement(disp_vox.cpu(), grid, refine_grid).to(torch_device)
                 disp_vox, refine_curve = register_iterative(
-                    fixed_r.to(torch_device), moving_r.to(torch_device), refinement_config(refine_steps, loss_config, model.card),
+                    fixed_r.to(torch_device), moving_r.to(torch_device),
+                    refinement_config(refine_steps, loss_config, model.card),
                     progress=report, should_stop=should_stop, initial=initial,
                 )
                 loss_curve = loss_curve + refine_curve
