@@ -3,13 +3,23 @@
 Seed 002's "classical iterative" baseline, made multi-resolution: at each level of an image pyramid the voxel
 displacement (or, with ``diffeomorphic=True``, a stationary velocity integrated by scaling and squaring) is optimised
 with Adam against the same losses the networks use, then upsampled to start the next level.
+
+Two options serve refinement of a network's field (:func:`metareg.register.refinement_config`):
+
+- a level may optimise a cubic B-spline correction on control points every ``s`` voxels instead of every voxel: the
+  spatially coupled parameters move smooth errors far faster than per-voxel Adam steps do;
+- ``supersample``: the moving image of each level is upsampled 2x by cubic convolution before it is warped, so that
+  the warp's (bi/tri)linear interpolation no longer smooths the image by an amount that depends on the sub-voxel
+  position, a bias that pulls similarity optima towards whole-voxel shifts (measured on brain-mr-3d-test pairs 0-3:
+  0.40 -> 0.30 mm TRE after refinement).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +40,10 @@ class IterativeConfig:
         learning_rate: Adam step size, in voxels of the level's grid.
         loss: similarity and regulariser (regulariser in voxel units of each level).
         diffeomorphic: optimise a stationary velocity and integrate it (no folding in practice).
+        control_spacing: per level, 0 to optimise every voxel of the field, or ``s > 0`` to optimise a cubic B-spline
+            correction (control points every ``s`` voxels of the level's grid) added to the field the level starts
+            from. None: every level dense.
+        supersample: warp a 2x cubic-convolution upsampling of each level's moving image (see the module docstring).
     """
 
     shrink_factors: tuple[int, ...] = (4, 2, 1)
@@ -37,10 +51,15 @@ class IterativeConfig:
     learning_rate: float = 0.1
     loss: LossConfig = field(default_factory=lambda: LossConfig(similarity="lncc", regulariser_weight=3.0))
     diffeomorphic: bool = False
+    control_spacing: tuple[int, ...] | None = None
+    supersample: bool = False
 
     def __post_init__(self):
         if len(self.shrink_factors) != len(self.iterations):
             raise ValueError("shrink_factors and iterations need one entry per level")
+        if self.control_spacing is not None and (len(self.control_spacing) != len(self.iterations)
+                                                 or min(self.control_spacing) < 0):
+            raise ValueError("control_spacing needs one entry >= 0 per level")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +75,41 @@ def _shrink(image: torch.Tensor, factor: int) -> torch.Tensor:
     smoothed = pool(image, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
     size = [max(2, -(-n // factor)) for n in image.shape[2:]]
     return F.interpolate(smoothed, size=size, mode="trilinear" if dim == 3 else "bilinear", align_corners=True)
+
+
+def _cubic_bspline(t: np.ndarray) -> np.ndarray:
+    t = np.abs(t)
+    return np.where(t < 1, 2 / 3 - t**2 + t**3 / 2, np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
+
+
+def bspline_field(coefficients: torch.Tensor, spacing: int, shape: Sequence[int]) -> torch.Tensor:
+    """The cubic B-spline ``(1, C, *shape)`` of control coefficients ``(1, C, *control)``, control point ``k`` of an
+    axis at voxel ``(k - 1) * spacing`` (so ``ceil(n / spacing) + 3`` control points cover ``n`` voxels)."""
+    kernel = torch.tensor(_cubic_bspline((np.arange(4 * spacing) - 2 * spacing) / spacing),
+                          dtype=coefficients.dtype, device=coefficients.device).view(1, 1, -1)
+    values = coefficients
+    for axis in range(2, coefficients.dim()):
+        values = values.movedim(axis, -1)
+        lead = values.shape[:-1]
+        line = F.conv_transpose1d(values.reshape(-1, 1, values.shape[-1]), kernel, stride=spacing,
+                                  padding=3 * spacing)[..., : shape[axis - 2]]
+        values = line.reshape(*lead, line.shape[-1]).movedim(-1, axis)
+    return values
+
+
+def upsample_cubic2(image: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *n)`` -> ``(B, C, *(2n - 1))``: the voxels kept, one new sample between each pair of neighbours by
+    cubic convolution (Keys, a = -1/2: weights -1, 9, 9, -1 over 16; edges repeated). The corner voxel centres stay
+    where they were, so the result spans the same extent under ``align_corners=True`` sampling."""
+    kernel = torch.tensor([-1.0, 9.0, 9.0, -1.0], dtype=image.dtype, device=image.device).view(1, 1, 4) / 16
+    for axis in range(2, image.dim()):
+        image = image.movedim(axis, -1)
+        lead, n = image.shape[:-1], image.shape[-1]
+        lines = image.reshape(-1, 1, n)
+        between = F.conv1d(F.pad(lines, (1, 2), mode="replicate"), kernel)[..., : n - 1]
+        woven = torch.stack([lines[..., :-1], between], dim=-1).reshape(lines.shape[0], 1, 2 * (n - 1))
+        image = torch.cat([woven, lines[..., -1:]], dim=-1).reshape(*lead, 2 * n - 1).movedim(-1, axis)
+    return image
 
 
 def register_iterative(
@@ -91,20 +145,34 @@ def register_iterative(
     total_steps = sum(config.iterations)
     done = 0
     curve: list[float] = []
-    for factor, iterations in zip(config.shrink_factors, config.iterations):
+    spacings = config.control_spacing or (0,) * len(config.iterations)
+    for factor, iterations, spacing in zip(config.shrink_factors, config.iterations, spacings):
         fixed_level = _shrink(fixed, factor)
         moving_level = _shrink(moving, factor)
+        if config.supersample:  # same extent, twice the samples: warp_tensor samples it at the level's points
+            moving_level = upsample_cubic2(moving_level)
         shape = fixed_level.shape[2:]
         if params is None:
             start = torch.zeros((1, dim, *shape), dtype=fixed.dtype, device=fixed.device)
         else:
             start = resize_displacement(params.detach(), shape)
-        params = start.clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([params], lr=config.learning_rate)
+        if spacing:
+            control = torch.zeros((1, dim, *[-(-n // spacing) + 3 for n in shape]), dtype=fixed.dtype,
+                                  device=fixed.device, requires_grad=True)
+
+            def level_params(start=start, control=control, spacing=spacing, shape=shape):
+                return start + bspline_field(control, spacing, shape)
+        else:
+            control = start.clone().requires_grad_(True)
+
+            def level_params(control=control):
+                return control
+        optimiser = torch.optim.Adam([control], lr=config.learning_rate)
         for _ in range(iterations):
             if should_stop is not None and should_stop():
                 raise Cancelled("registration cancelled")
             optimiser.zero_grad(set_to_none=True)
+            params = level_params()
             disp = integrate_velocity(params) if config.diffeomorphic else params
             warped = warp_tensor(moving_level, disp)
             loss, _ = registration_loss(config.loss, fixed_level, warped, disp)
@@ -114,6 +182,7 @@ def register_iterative(
             done += 1
             if progress is not None:
                 progress(done / total_steps, f"iterative, level 1/{factor}")
+        params = level_params().detach()
     params = resize_displacement(params.detach(), fixed.shape[2:])
     disp = integrate_velocity(params) if config.diffeomorphic else params
     return disp.detach(), curve
