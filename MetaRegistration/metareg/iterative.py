@@ -134,7 +134,7 @@ def register_iterative(
         Cancelled: when ``should_stop()`` returns True (checked every step).
     """
     dim = fixed.dim() - 2
-    params = None  # the current level's optimised tensor
+    params = None  # the field (or velocity) the next level starts from
     if initial is not None:
         if config.diffeomorphic:
             raise ValueError("an initial displacement can only be refined with diffeomorphic=False")
@@ -156,17 +156,13 @@ def register_iterative(
             start = torch.zeros((1, dim, *shape), dtype=fixed.dtype, device=fixed.device)
         else:
             start = resize_displacement(params.detach(), shape)
-        if spacing:
-            control = torch.zeros((1, dim, *[-(-n // spacing) + 3 for n in shape]), dtype=fixed.dtype,
-                                  device=fixed.device, requires_grad=True)
+        # the level optimises a correction added to its start: every voxel's, or a B-spline's control points
+        control_shape = [-(-n // spacing) + 3 for n in shape] if spacing else shape
+        control = torch.zeros((1, dim, *control_shape), dtype=fixed.dtype, device=fixed.device, requires_grad=True)
 
-            def level_params(start=start, control=control, spacing=spacing, shape=shape):
-                return start + bspline_field(control, spacing, shape)
-        else:
-            control = start.clone().requires_grad_(True)
+        def level_params() -> torch.Tensor:
+            return start + (bspline_field(control, spacing, shape) if spacing else control)
 
-            def level_params(control=control):
-                return control
         optimiser = torch.optim.Adam([control], lr=config.learning_rate)
         for _ in range(iterations):
             if should_stop is not None and should_stop():
@@ -183,6 +179,6 @@ def register_iterative(
             if progress is not None:
                 progress(done / total_steps, f"iterative, level 1/{factor}")
         params = level_params().detach()
-    params = resize_displacement(params.detach(), fixed.shape[2:])
+    params = resize_displacement(params, fixed.shape[2:])
     disp = integrate_velocity(params) if config.diffeomorphic else params
     return disp.detach(), curve
