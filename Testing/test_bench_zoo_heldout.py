@@ -44,3 +44,28 @@ def test_zoo_heldout_reports_every_method_with_refinement_and_elastix(tmp_path, 
         assert summary["tre_after_mm"]["mean"] < summary["tre_before_mm"]["mean"], name  # each one registers
     assert len(result["per_pair"]["elastix affine+bspline"]) == 2
     assert "command" in result["summary"] and "synthetic" in result["summary"]["note"]
+
+
+def _run_zoo_heldout(out, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "zoo_heldout.py"), "--model", "multidomain-2d-reptile",
+         "--task", "fundus-2d-test", "--adapt-steps", "0", "--refine-steps", "20", "--threads", "1", "--limit", "1",
+         "--out", str(out), *extra],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_zoo_heldout_refine_weight_overrides_the_card_in_memory_only(tmp_path, fundus_test_task):
+    card = REPO / "models" / "multidomain-2d-reptile.json"
+    card_text = card.read_text()
+    refused = _run_zoo_heldout(tmp_path / "refused.json", "--refine-weight", "1000", "--update-card")
+    assert refused.returncode == 2 and "--update-card" in refused.stderr
+    default = _run_zoo_heldout(tmp_path / "default.json")
+    stiff = _run_zoo_heldout(tmp_path / "stiff.json", "--refine-weight", "1000")
+    assert default.returncode == 0 and stiff.returncode == 0, (default.stderr + stiff.stderr)[-3000:]
+    tre_default = json.loads((tmp_path / "default.json").read_text())["summary"]["methods"][
+        "multidomain-2d-reptile +0 steps, refined 20"]["tre_after_mm"]["mean"]
+    tre_stiff = json.loads((tmp_path / "stiff.json").read_text())["summary"]["methods"][
+        "multidomain-2d-reptile +0 steps, refined 20 (weight 1000)"]["tre_after_mm"]["mean"]
+    assert abs(tre_stiff - tre_default) > 0.05  # the weight reached the refinement
+    assert card.read_text() == card_text

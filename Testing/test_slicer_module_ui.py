@@ -176,6 +176,6 @@ def test_picking_a_model_takes_the_defaults_its_card_asks_for():
     logic = MetaRegistrationLib.logic
     brain = logic.card_defaults("brain-mr-3d-reptile")
     assert brain.affine and brain.refine_steps == 30
-    assert logic.card_defaults("multidomain-2d-reptile") == logic.CardDefaults(affine=False, refine_steps=100)
+    assert logic.card_defaults("multidomain-2d-reptile") == logic.CardDefaults(affine=False, refine_steps=200)
     assert logic.card_defaults(logic.ITERATIVE) == logic.CardDefaults()
     assert logic.card_defaults("no-such-model") == logic.CardDefaults()  # the clear error comes when it is loaded

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapt-steps", default="0,5")
     parser.add_argument("--adapt-lr", type=float, default=None)
     parser.add_argument("--refine-steps", default="0", help="comma-separated refinement steps after the network")
+    parser.add_argument("--refine-weight", type=float, default=None,
+                        help="refinement regulariser weight instead of the card's (to choose a card's setting on a "
+                             "task's training pairs; not with --update-card)")
     parser.add_argument("--elastix", action="store_true")
     parser.add_argument("--iterative", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
@@ -58,8 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--update-card", action="store_true")
     args = parser.parse_args(argv)
+    if args.refine_weight is not None and args.update_card:
+        parser.error("--refine-weight measures a setting the card does not have: drop --update-card")
     torch.set_num_threads(args.threads)
     models = [load_model(name) for name in args.model]
+    if args.refine_weight is not None:
+        for model in models:  # in memory only: the card file is not touched
+            model.card["refinement"] = {**model.card.get("refinement", {}), "regulariser_weight": args.refine_weight}
     task = load_task(args.task, args.data_dir or default_data_dir())
     pairs = task.pairs[: args.limit] if args.limit else task.pairs
     methods: dict[str, list[dict]] = {}
@@ -86,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                                       refine_steps=refine, device="cpu")
                     r = result.report
                     name = f"{model.name} +{steps} steps" + (f", refined {refine}" if refine else "")
+                    if refine and args.refine_weight is not None:
+                        name += f" (weight {args.refine_weight:g})"
                     record(name, result.field, r["seconds"]["total"], r["ncc_before"], r["ncc_after"],
                            r["folding_fraction"])
         if args.iterative:
