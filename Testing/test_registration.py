@@ -438,3 +438,12 @@ def test_bspline_levels_refine_from_a_start_and_check_their_settings():
     moved, curve = register_iterative(fixed, fixed.roll(1, dims=2), IterativeConfig(
         shrink_factors=(1,), iterations=(5,), control_spacing=(3,), supersample=True))
     assert len(curve) == 5 and moved.shape == (1, 2, 12, 14) and curve[-1] < curve[0]
+
+
+def test_iterative_defaults_are_bspline_levels_on_a_supersampled_image_for_any_level_count():
+    default = IterativeConfig()
+    assert default.supersample and default.level_spacings() == (2, 2, 4)
+    assert default.to_dict()["control_spacing"] == [2, 2, 4]  # the report says what ran
+    assert IterativeConfig(shrink_factors=(2, 1), iterations=(5, 5)).level_spacings() == (2, 4)
+    assert IterativeConfig(shrink_factors=(4, 2), iterations=(5, 5)).level_spacings() == (2, 2)
+    assert IterativeConfig(control_spacing=(0, 0, 0)).level_spacings() == (0, 0, 0)  # dense, when asked

@@ -201,7 +201,7 @@ def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--diffeomorphic", action="store_true",
                        help="iterative method: optimise a velocity field and integrate it (no folding)")
     group.add_argument("--iterations", default=None, metavar="N,N,N",
-                       help="iterative method: steps per resolution level, coarse to fine (default 150,100,50)")
+                       help="iterative method: steps per resolution level, coarse to fine (default 100,67,33)")
     group.add_argument("--similarity", choices=sorted(SIMILARITIES), default=None,
                        help="iterative method: similarity (lncc default; 'mi' for different contrasts, e.g. T1/T2)")
     group.add_argument("--smoothness", type=float, default=None, metavar="WEIGHT",
@@ -217,7 +217,7 @@ def _iterative_config(args: argparse.Namespace) -> IterativeConfig:
         try:
             iterations = tuple(int(v) for v in args.iterations.split(","))
         except ValueError:
-            raise InputError(f"--iterations {args.iterations}", "must be comma-separated integers, e.g. 150,100,50")
+            raise InputError(f"--iterations {args.iterations}", "must be comma-separated integers, e.g. 100,67,33")
         if not iterations or min(iterations) < 0:
             raise InputError(f"--iterations {args.iterations}", "needs non-negative step counts")
     shrink = defaults.shrink_factors
