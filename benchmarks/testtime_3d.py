@@ -356,7 +356,9 @@ def notes_for(args, pairs, training, zoo, zoo_reason, iterative, has_labels) -> 
         "(Mattes MI, SimpleITK) on the pair, as the model card asks; its time is in the seconds.",
         f"Classical iterative: {'shortened schedule for --quick: ' if args.quick else ''}levels 1/"
         f"{', 1/'.join(str(f) for f in iterative.shrink_factors)} with {'+'.join(str(i) for i in iterative.iterations)} "
-        f"Adam steps (lr {iterative.learning_rate} voxel), local NCC + gradient L2 weight "
+        f"Adam steps (lr {iterative.learning_rate} voxel) on B-spline control points every "
+        f"{'/'.join(str(s) if s else 'dense' for s in iterative.level_spacings())} voxels"
+        f"{', moving image supersampled 2x' if iterative.supersample else ''}, local NCC + gradient L2 weight "
         f"{iterative.loss.regulariser_weight}, on the fixed image's grid.",
     ]
     if zoo is not None:
