@@ -25,14 +25,18 @@ def fundus_test_task():
         pytest.fail("task fundus-2d-test is missing: run `metareg data fetch` first (see DATA.md)")
 
 
+def _run_zoo_heldout(out, *arguments):
+    """benchmarks/zoo_heldout.py on fundus-2d-test with the zoo's 2D Reptile model, 1 thread, writing ``out``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "zoo_heldout.py"), "--model", "multidomain-2d-reptile",
+         "--task", "fundus-2d-test", "--threads", "1", "--out", str(out), *arguments],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
 def test_zoo_heldout_reports_every_method_with_refinement_and_elastix(tmp_path, fundus_test_task):
     out = tmp_path / "zoo.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "zoo_heldout.py"), "--model", "multidomain-2d-reptile",
-         "--task", "fundus-2d-test", "--adapt-steps", "0", "--refine-steps", "0,20", "--elastix", "--threads", "1",
-         "--limit", "2", "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = _run_zoo_heldout(out, "--adapt-steps", "0", "--refine-steps", "0,20", "--elastix", "--limit", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     methods = result["summary"]["methods"]
@@ -46,22 +50,14 @@ def test_zoo_heldout_reports_every_method_with_refinement_and_elastix(tmp_path, 
     assert "command" in result["summary"] and "synthetic" in result["summary"]["note"]
 
 
-def _run_zoo_heldout(out, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "zoo_heldout.py"), "--model", "multidomain-2d-reptile",
-         "--task", "fundus-2d-test", "--adapt-steps", "0", "--refine-steps", "20", "--threads", "1", "--limit", "1",
-         "--out", str(out), *extra],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-
-
 def test_zoo_heldout_refine_weight_overrides_the_card_in_memory_only(tmp_path, fundus_test_task):
     card = REPO / "models" / "multidomain-2d-reptile.json"
     card_text = card.read_text()
-    refused = _run_zoo_heldout(tmp_path / "refused.json", "--refine-weight", "1000", "--update-card")
+    one_pair = ("--adapt-steps", "0", "--refine-steps", "20", "--limit", "1")
+    refused = _run_zoo_heldout(tmp_path / "refused.json", *one_pair, "--refine-weight", "1000", "--update-card")
     assert refused.returncode == 2 and "--update-card" in refused.stderr
-    default = _run_zoo_heldout(tmp_path / "default.json")
-    stiff = _run_zoo_heldout(tmp_path / "stiff.json", "--refine-weight", "1000")
+    default = _run_zoo_heldout(tmp_path / "default.json", *one_pair)
+    stiff = _run_zoo_heldout(tmp_path / "stiff.json", *one_pair, "--refine-weight", "1000")
     assert default.returncode == 0 and stiff.returncode == 0, (default.stderr + stiff.stderr)[-3000:]
     tre_default = json.loads((tmp_path / "default.json").read_text())["summary"]["methods"][
         "multidomain-2d-reptile +0 steps, refined 20"]["tre_after_mm"]["mean"]
