@@ -68,8 +68,10 @@ def test_slicer_extension_cmake_is_complete():
     assert "add_subdirectory(MetaRegistration)" in top
     assert "find_package(Slicer REQUIRED)" in top and "Slicer_EXTENSION_CPACK" in top
     module = (REPO / "MetaRegistration/CMakeLists.txt").read_text()
-    assert "slicerMacroBuildScriptedModule" in module and "metareg/*.py" in module
+    assert "slicerMacroBuildScriptedModule" in module and "metareg/__init__.py" in module
+    # The extension's icon (EXTENSION_ICONURL) at the top, the module's own where Slicer looks for it.
     assert (REPO / "Resources/Icons/MetaRegistration.png").is_file()
+    assert (REPO / "MetaRegistration/Resources/Icons/MetaRegistration.png").is_file()
 
 
 def test_packaging_pins_torch_and_exposes_the_cli():

@@ -292,14 +292,15 @@ def test_cancel_mid_run_leaves_the_node_list_unchanged(brain3d_run):
 
 
 def test_a_failed_run_raises_a_message_and_leaves_the_node_list_unchanged(brain3d_run, tmp_path):
-    from metareg.errors import ModelError
+    from MetaRegistrationLib.jobs import EngineError
 
     scene, inputs = brain3d_run["scene"], brain3d_run["inputs"]
     ids_before = node_ids(scene)
     settings = logic.RegistrationSettings(model=str(tmp_path / "missing.safetensors"))
-    with pytest.raises(ModelError, match="missing.safetensors does not exist"):
+    with pytest.raises(EngineError, match="missing.safetensors does not exist") as raised:
         logic.MetaRegistrationLogic(scene).run(logic.RegistrationInputs(inputs.fixed_volume, inputs.moving_volume),
                                                settings)
+    assert raised.value.kind == "InputError"
     assert node_ids(scene) == ids_before
 
 

@@ -1,5 +1,5 @@
 """Adapt a model to my images, on real MRML (slicer-core): fine-tune a tiny 3D network on the brain3d sample volumes
-loaded in a scene, through the module's Logic, in a background thread with progress and cancel.
+loaded in a scene, through the module's Logic, in the engine's child process with progress and cancel.
 
 A few steps of a tiny network on a coarse grid, so each run takes seconds.
 """

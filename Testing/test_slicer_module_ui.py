@@ -1,6 +1,7 @@
 """The Slicer module file and its panel, checked without the Slicer desktop (which has qt; slicer-core has not).
 
-- Resources/UI/MetaRegistration.ui is valid Qt Designer XML and holds every widget the Widget looks up.
+- MetaRegistration/Resources/UI/MetaRegistration.ui is valid Qt Designer XML and holds every widget the Widget
+  looks up.
 - Every widget bound to the parameter node names a field of the parameter node class.
 - Everything the Widget calls in MetaRegistrationLib exists (the Widget holds no logic of its own).
 - The module CMakeLists registers the self-test with ctest.
@@ -15,11 +16,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "MetaRegistration" / "MetaRegistration.py"
-UI = REPO / "Resources" / "UI" / "MetaRegistration.ui"
+UI = REPO / "MetaRegistration" / "Resources" / "UI" / "MetaRegistration.ui"
 sys.path.insert(0, str(REPO / "MetaRegistration"))
 
 import MetaRegistrationLib.logic  # noqa: E402
-from MetaRegistrationLib import convert, dependencies, finetune, outputs, sampledata, selftest, views  # noqa: E402
+from MetaRegistrationLib import (  # noqa: E402
+    convert,
+    dependencies,
+    finetune,
+    landmarkwatch,
+    outputs,
+    panel,
+    sampledata,
+    selftest,
+    views,
+)
 
 QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QSpinBox", "QCheckBox", "QProgressBar",
               "QFormLayout", "QVBoxLayout", "QHBoxLayout"}
@@ -95,7 +106,8 @@ def test_widgets_bound_to_the_parameter_node_name_its_fields(ui_tree, module_ast
 
 def test_everything_the_widget_calls_in_the_library_exists(module_ast):
     libraries = {"registration": MetaRegistrationLib.logic, "convert": convert, "dependencies": dependencies,
-                 "finetune": finetune, "outputs": outputs, "sampledata": sampledata, "selftest": selftest, "views": views}
+                 "finetune": finetune, "outputs": outputs, "sampledata": sampledata, "selftest": selftest, "views": views,
+                 "panel": panel, "landmarkwatch": landmarkwatch}
     for node in ast.walk(module_ast):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in libraries:
             assert hasattr(libraries[node.value.id], node.attr), f"{node.value.id}.{node.attr} does not exist"
@@ -106,8 +118,9 @@ def test_everything_the_widget_calls_in_the_library_exists(module_ast):
 
 def test_module_has_title_category_help_and_acknowledgement(module_ast):
     source = MODULE.read_text(encoding="utf-8")
-    assert 'self.parent.title = "MetaRegistration"' in source
-    assert 'self.parent.categories = ["Registration"]' in source
+    assert 'self.parent.title = _("MetaRegistration")' in source
+    assert 'self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]' in source
+    assert 'self.parent.dependencies = ["Markups", "Segmentations", "Plots", "SubjectHierarchy"]' in source
     for paper in ("Meta-Registration: Learning Test-Time Optimization", "A Meta-Learning Approach for Medical Image",
                   "VoxelMorph"):
         assert paper in source
@@ -132,14 +145,14 @@ def test_dependencies_never_install_slicers_own_packages():
     assert dependencies.install_message(fake[1:]) == ""
 
 
-def test_module_file_imports_and_its_logic_facade_works_on_slicer_core(monkeypatch):
-    """Import MetaRegistration.py with stand-ins for what only desktop Slicer has (qt, ScriptedLoadableModule,
-    parameterNodeWrapper); its Logic facade then registers through MetaRegistrationLib on a real scene."""
+def import_module_file(monkeypatch, app=None):
+    """Import MetaRegistration.py with stand-ins for what only desktop Slicer has (qt, slicer.i18n,
+    ScriptedLoadableModule, parameterNodeWrapper); ``app`` stands in for ``slicer.app``."""
+    import importlib.util
     import types
 
-    from MetaRegistrationLib import headless
-
-    scene = headless.get_app().scene
+    import slicer
+    import slicer.util
 
     class Base:
         def __init__(self, *args, **kwargs):
@@ -152,23 +165,195 @@ def test_module_file_imports_and_its_logic_facade_works_on_slicer_core(monkeypat
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper = lambda cls: cls
     wrapper.WithinRange = lambda low, high: (low, high)
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
     monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
-    import slicer.util
-
+    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
     if not hasattr(slicer.util, "VTKObservationMixin"):
         monkeypatch.setattr(slicer.util, "VTKObservationMixin", Base, raising=False)
-    import importlib.util
-
+    if app is not None:
+        monkeypatch.setattr(slicer, "app", app, raising=False)
     spec = importlib.util.spec_from_file_location("MetaRegistration", MODULE)
-    MetaRegistration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(MetaRegistration)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    assert MetaRegistration.MetaRegistrationParameterNode.model == "iterative"
+
+def test_module_file_imports_and_its_logic_facade_works_on_slicer_core(monkeypatch):
+    """Its Logic facade then reaches MetaRegistrationLib's Logic on a real scene."""
+    from MetaRegistrationLib import headless
+
+    scene = headless.get_app().scene
+    MetaRegistration = import_module_file(monkeypatch)
+    assert MetaRegistration.MetaRegistrationParameterNode.model == "iterative" == MetaRegistrationLib.logic.ITERATIVE
     logic = MetaRegistration.MetaRegistrationLogic()
     assert logic.scene is scene
-    assert callable(logic.start) and callable(logic.finish)
+    assert callable(logic.start) and callable(logic.finish) and callable(logic.run_finetune)
+
+
+class FakeApp:
+    """``slicer.app`` as far as the module class uses it: the version and ``connect``."""
+
+    def __init__(self, major, minor):
+        self.majorVersion, self.minorVersion = major, minor
+        self.connected = {}
+
+    def connect(self, signal, slot):
+        self.connected[signal] = slot
+
+
+class FakeParent:
+    """The module's ``parent`` (qSlicerScriptedLoadableModule): plain attributes."""
+
+
+def test_the_module_refuses_slicer_older_than_5_10_with_a_clear_message(monkeypatch):
+    old = import_module_file(monkeypatch, FakeApp(5, 8))
+    assert "needs 3D Slicer 5.10 or later; this is Slicer 5.8" in old.slicerVersionProblem()
+    module = old.MetaRegistration.__new__(old.MetaRegistration)
+    module.parent = FakeParent()
+    old.MetaRegistration.__init__(module, module.parent)
+    assert "needs 3D Slicer 5.10 or later" in module.parent.helpText  # the module's help says so at load
+    new = import_module_file(monkeypatch, FakeApp(5, 10))
+    assert new.slicerVersionProblem() == ""
+    assert import_module_file(monkeypatch, FakeApp(6, 0)).slicerVersionProblem() == ""
+
+
+def test_the_module_class_registers_sample_data_and_stops_the_engine_at_exit(monkeypatch):
+    app = FakeApp(5, 10)
+    MetaRegistration = import_module_file(monkeypatch, app)
+
+    module = MetaRegistration.MetaRegistration.__new__(MetaRegistration.MetaRegistration)
+    module.parent = FakeParent()
+    MetaRegistration.MetaRegistration.__init__(module, module.parent)
+    assert app.connected["startupCompleted()"] is MetaRegistration.registerSampleData
+    assert app.connected["aboutToQuit()"] is MetaRegistration.stopEngineProcesses
+    assert module.parent.dependencies == ["Markups", "Segmentations", "Plots", "SubjectHierarchy"]
+    assert module.parent.contributors == ["MetaRegistration developers (MetaRegistration project)"]
+
+
+def test_slicer_start_up_imports_neither_numpy_nor_simpleitk_nor_the_engine():
+    """Slicer instantiates every module class at start-up: importing the module file must stay light."""
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, types, importlib.util
+        import slicer, slicer.util
+        class Base:
+            def __init__(self, *a, **k): pass
+        for name, attrs in {{"qt": {{}}, "slicer.i18n": {{"tr": lambda t: t, "translate": lambda c, t: t}},
+                             "slicer.parameterNodeWrapper": {{"parameterNodeWrapper": lambda c: c,
+                                                              "WithinRange": lambda a, b: None}},
+                             "slicer.ScriptedLoadableModule": {{n: type(n, (Base,), {{}}) for n in (
+                                 "ScriptedLoadableModule", "ScriptedLoadableModuleLogic",
+                                 "ScriptedLoadableModuleTest", "ScriptedLoadableModuleWidget")}}}}.items():
+            module = types.ModuleType(name); module.__dict__.update(attrs); sys.modules[name] = module
+        slicer.util.VTKObservationMixin = getattr(slicer.util, "VTKObservationMixin", Base)
+        before = set(sys.modules)
+        spec = importlib.util.spec_from_file_location("MetaRegistration", {str(MODULE)!r})
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        new = set(sys.modules) - before
+        heavy = sorted(n for n in new if n.split(".")[0] in ("numpy", "SimpleITK", "torch", "metareg",
+                                                               "MetaRegistrationLib", "safetensors"))
+        print(",".join(heavy))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"importing MetaRegistration.py imported {done.stdout.strip()}"
+
+
+def test_the_output_selector_lists_only_metaregistration_transforms(module_ast):
+    """The Registration selector is filtered to our output transforms (they carry the run's report attribute)."""
+    calls = [node for node in ast.walk(module_ast) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Attribute) and node.func.attr == "addAttribute"]
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.func.value.attr == "outputTransformSelector"
+    assert ast.literal_eval(call.args[0]) == "vtkMRMLGridTransformNode"
+    assert ast.unparse(call.args[1]) == "outputs.REPORT_ATTRIBUTE"
+    assert len(call.args) == 2  # any value: the attribute only has to be there
+
+
+def test_combos_take_card_defaults_only_when_the_user_picks(module_ast):
+    """modelComboBox and deviceComboBox react to ``activated(int)`` (the user's pick), never to
+    ``currentIndexChanged`` (which code's setCurrentIndex fires too); the parameter node's ModifiedEvent re-selects
+    them through panel.select_choice."""
+    connections = {}
+    for node in ast.walk(module_ast):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect" \
+                and isinstance(node.func.value, ast.Attribute) and node.func.value.attr.endswith("ComboBox"):
+            connections.setdefault(node.func.value.attr, []).append(ast.literal_eval(node.args[0]))
+    assert connections == {"modelComboBox": ["activated(int)"], "deviceComboBox": ["activated(int)"]}
+    update = next(node for node in ast.walk(module_ast)
+                  if isinstance(node, ast.FunctionDef) and node.name == "updateGUIFromParameterNode")
+    calls = {ast.unparse(node.func) for node in ast.walk(update) if isinstance(node, ast.Call)}
+    assert "panel.select_choice" in calls
+    observed = [node for node in ast.walk(module_ast) if isinstance(node, ast.Call)
+                and ast.unparse(node.func) == "self.addObserver" and "ModifiedEvent" in ast.unparse(node.args[1])]
+    assert observed and all(ast.unparse(node.args[2]) == "self.updateGUIFromParameterNode" for node in observed)
+
+
+class FakeCombo:
+    """QComboBox's behaviour as the panel uses it: setCurrentIndex emits currentIndexChanged unless signals are
+    blocked; activated is emitted only by the user (:meth:`user_picks`)."""
+
+    def __init__(self):
+        self.items, self.current, self.blocked, self.emitted = [], -1, False, []
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    def blockSignals(self, block):
+        was, self.blocked = self.blocked, block
+        return was
+
+    def clear(self):
+        self.items = []
+        self._set(-1)
+
+    def addItem(self, title, value):
+        self.items.append((title, value))
+        if self.current < 0:
+            self._set(0)
+
+    def setItemData(self, index, value, role):
+        pass
+
+    def findData(self, value):
+        return next((i for i, (_, v) in enumerate(self.items) if v == value), -1)
+
+    def itemData(self, index):
+        return self.items[index][1]
+
+    def setCurrentIndex(self, index):
+        self._set(index)
+
+    def _set(self, index):
+        if index != self.current:
+            self.current = index
+            if not self.blocked:
+                self.emitted.append(("currentIndexChanged", index))
+
+
+def test_panel_reselects_combos_from_the_parameter_node_without_signals_or_card_defaults():
+    import types
+
+    combo = FakeCombo()
+    choices = MetaRegistrationLib.logic.model_choices()
+    panel.fill_choices(combo, choices)
+    assert combo.emitted == [] and combo.count == len(choices)
+    saved = types.SimpleNamespace(model="brain-mr-3d-reptile", affine=False, refineSteps=7)  # a loaded scene's
+    panel.select_choice(combo, saved.model)
+    assert combo.itemData(combo.current) == "brain-mr-3d-reptile" and combo.emitted == []
+    assert (saved.affine, saved.refineSteps) == (False, 7)  # the saved settings stay
+    panel.select_choice(combo, "/data/my.safetensors")  # a model file loaded earlier is added
+    assert combo.itemData(combo.current) == "/data/my.safetensors" and combo.emitted == []
+    panel.pick_model(saved, "brain-mr-3d-reptile")  # the user's pick takes the card's defaults
+    assert (saved.model, saved.affine, saved.refineSteps) == ("brain-mr-3d-reptile", True, 30)
 
 
 def test_picking_a_model_takes_the_defaults_its_card_asks_for():

@@ -7,6 +7,7 @@ machine's GPU); the rest are small pure-Python or wheel packages installed with 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from dataclasses import dataclass
 
@@ -20,10 +21,13 @@ class Requirement:
     provider: str  # "slicer" (never installed by us), "pytorch-extension" or "pip"
 
 
+#: The oldest torch the engine is written for (``torch.func``-free code, ``torch.amp``; tested here with 2.13).
+MINIMUM_TORCH_VERSION = "2.1"
+
 REQUIREMENTS = (
     Requirement("numpy", "numpy", "slicer"),
     Requirement("SimpleITK", "SimpleITK", "slicer"),
-    Requirement("torch", "torch>=2.1", "pytorch-extension"),
+    Requirement("torch", f"torch>={MINIMUM_TORCH_VERSION}", "pytorch-extension"),
     Requirement("safetensors", "safetensors>=0.4", "pip"),
 )
 
@@ -56,3 +60,94 @@ def install_message(requirements=REQUIREMENTS) -> str:
         lines.append(f"• {requirement.module} — {how}")
     lines += ["", "Install them now? This can take several minutes; Slicer may ask to restart afterwards."]
     return "\n".join(lines)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    """``"2.13.0+cu121"`` -> ``(2, 13, 0)``: the leading numeric parts of a version."""
+    parts = []
+    for piece in text.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def torch_too_old(version: str | None = None) -> str:
+    """A message when the installed torch is older than :data:`MINIMUM_TORCH_VERSION` ("" when it is new enough or
+    not installed). Reads the version without importing torch."""
+    if version is None:
+        try:
+            from importlib.metadata import PackageNotFoundError
+            from importlib.metadata import version as package_version
+
+            version = package_version("torch")
+        except PackageNotFoundError:
+            return ""
+    if _version_tuple(version) < _version_tuple(MINIMUM_TORCH_VERSION):
+        return (f"PyTorch {version} is installed, but MetaRegistration needs {MINIMUM_TORCH_VERSION} or newer: open the "
+                f"PyTorch Utils module and install with the version requirement >={MINIMUM_TORCH_VERSION}, then "
+                "restart Slicer")
+    return ""
+
+
+class InstallError(RuntimeError):
+    """What the engine needs could not be installed; the message says what to do."""
+
+
+def ensure_installed(confirm=None, restart=None) -> bool:
+    """Install what the engine needs, after ``confirm(question)`` returns True: torch through the PyTorch extension
+    (``PyTorchUtilsLogic.installTorch`` with :data:`MINIMUM_TORCH_VERSION`), the rest with ``slicer.util.pip_install``
+    (never Slicer's own numpy or SimpleITK). The panel's Apply and the module's self-test both call this.
+
+    Args:
+        confirm: asks the user (default ``slicer.util.confirmOkCancelDisplay``, which answers True in Slicer's testing
+            mode, so the self-test installs unattended).
+        restart: offered when Slicer must restart to use what was installed (default: ask, then
+            ``slicer.util.restart``).
+
+    Returns:
+        True when everything is there and usable now; False when the user declined or Slicer must restart first.
+
+    Raises:
+        InstallError: the PyTorch extension is missing, the installation failed, or torch is too old.
+    """
+    import slicer.util
+
+    confirm = confirm or (lambda question: slicer.util.confirmOkCancelDisplay(
+        question, "MetaRegistration needs Python packages"))
+    old = torch_too_old()
+    if old:
+        raise InstallError(old)
+    question = install_message()
+    if not question:
+        return True
+    if not confirm(question):
+        return False
+    if not is_installed("torch"):
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise InstallError("MetaRegistration needs the PyTorch extension: install it with the Extensions Manager, "
+                               "restart Slicer, and press Apply again") from None
+        torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torch_logic.torchInstalled():
+            installed = torch_logic.installTorch(askConfirmation=False,
+                                                 torchVersionRequirement=f">={MINIMUM_TORCH_VERSION}")
+            if installed is None:
+                raise InstallError("PyTorch was not installed; see the PyTorch Utils module for details")
+    for requirement in pip_requirements():
+        slicer.util.pip_install(requirement)
+    importlib.invalidate_caches()
+    if missing():
+        if restart is None:
+            if slicer.util.confirmOkCancelDisplay("The packages are installed; Slicer must restart to use them. "
+                                                  "Restart now?", "MetaRegistration"):
+                slicer.util.restart()
+        else:
+            restart()
+        return False
+    old = torch_too_old()
+    if old:
+        raise InstallError(old)
+    return True

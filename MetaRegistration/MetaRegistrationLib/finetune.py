@@ -1,16 +1,18 @@
-"""Adapt a model to my images: fine-tune a zoo or file model on volumes of the scene (or a pairs CSV) in a background
-thread, and save the new model with its card into the user's model folder.
+"""Adapt a model to my images: fine-tune a zoo or file model on volumes of the scene (or a pairs CSV) in the
+engine's child process, and save the new model with its card into the user's model folder.
 
 Same three steps as a registration (:mod:`.logic`):
 
-1. :func:`prepare_finetune` (main thread) reads the chosen volume nodes into SimpleITK images (copies) and builds the
-   training task: every chosen volume registered to the fixed volume (atlas pairs), or the pairs of a CSV file.
-2. :class:`FinetuneJob` (worker thread) runs :func:`metareg.training.finetune` with progress and a stop flag. It
-   trains into a hidden temporary folder inside the model folder and moves the finished model and its card into the
-   folder only on success, so a cancelled or failed run leaves no model file behind.
+1. :func:`prepare_finetune` (main thread) reads the chosen volume nodes into SimpleITK images (copies) and checks the
+   settings.
+2. :class:`FinetuneJob` writes the volumes and a pairs CSV (every chosen volume registered to the fixed volume: atlas
+   pairs) to its private temporary folder, or names the user's pairs CSV, and runs ``metareg finetune`` there in the
+   engine's worker process (:mod:`.jobs`). The new model is trained inside that folder; on success it is moved into
+   the model folder, so a cancelled or failed run leaves no model file behind.
 3. The caller reads :attr:`FinetuneJob.model_path` (through :meth:`.logic.MetaRegistrationLogic.finish_finetune`).
 
-Fine-tuning never changes the scene: it only reads the volumes. Nothing here uses qt, ctk or ``slicer.app``.
+Fine-tuning never changes the scene and reads only copies of it, so it may go on across a scene close. Nothing here
+uses qt, ctk or ``slicer.app``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import convert
-from .jobs import BackgroundJob
+from .jobs import EngineJob
 
 LOG = logging.getLogger("MetaRegistration")
 
@@ -90,12 +91,15 @@ class FinetuneSettings:
 
 @dataclass
 class PreparedFinetune:
-    """The training task (images copied out of the scene) and where the model goes."""
+    """What to train on (images copied out of the scene, or a pairs CSV) and where the model goes."""
 
-    task: object
     out: Path
     parent: str
     description: str
+    task_name: str
+    fixed_image: object | None = None
+    moving_images: list = field(default_factory=list)
+    pairs_csv: Path | None = None
 
 
 def _safe_name(text: str) -> str:
@@ -110,7 +114,6 @@ def prepare_finetune(inputs: FinetuneInputs, settings: FinetuneSettings) -> Prep
     """
     from metareg.errors import MetaRegError
     from metareg.modelio import resolve_model
-    from metareg.tasks import Task, atlas_pairs, read_pairs_csv
 
     if not settings.parent or settings.parent == "iterative":
         raise convert.NodeInputError("select a network model to adapt (the iterative method has nothing to train)")
@@ -120,13 +123,14 @@ def prepare_finetune(inputs: FinetuneInputs, settings: FinetuneSettings) -> Prep
         parent_path, _ = resolve_model(str(settings.parent))
     except MetaRegError as error:
         raise convert.NodeInputError(str(error)) from None
+    fixed = None
+    images: list = []
+    pairs_csv = None
     if inputs.pairs_csv:
-        try:
-            pairs = read_pairs_csv(inputs.pairs_csv, "pairs CSV")
-        except MetaRegError as error:
-            raise convert.NodeInputError(str(error)) from None
-        task = Task(name=_safe_name(Path(inputs.pairs_csv).stem), pairs=pairs, dimension=3, role="target")
-        description = f"{len(pairs)} pairs of {inputs.pairs_csv}"
+        pairs_csv = Path(inputs.pairs_csv).expanduser().resolve()
+        count = _count_pairs(pairs_csv)
+        task_name = _safe_name(pairs_csv.stem)
+        description = f"{count} pairs of {inputs.pairs_csv}"
     else:
         if inputs.fixed_volume is None:
             raise convert.NodeInputError("select the fixed volume: every chosen volume is registered to it")
@@ -136,8 +140,7 @@ def prepare_finetune(inputs: FinetuneInputs, settings: FinetuneSettings) -> Prep
                                          "to (or give a pairs CSV)")
         fixed = convert.volume_to_image(inputs.fixed_volume, "fixed volume")
         images = [convert.volume_to_image(node, f"volume '{node.GetName()}'") for node in moving]
-        task = Task(name=_safe_name(f"scene-to-{inputs.fixed_volume.GetName()}"), pairs=atlas_pairs(images, fixed),
-                    dimension=3, role="target")
+        task_name = _safe_name(f"scene-to-{inputs.fixed_volume.GetName()}")
         description = f"{len(moving)} volume(s) registered to '{inputs.fixed_volume.GetName()}'"
     folder = Path(settings.model_dir).expanduser() if settings.model_dir else default_user_model_dir()
     try:
@@ -152,50 +155,89 @@ def prepare_finetune(inputs: FinetuneInputs, settings: FinetuneSettings) -> Prep
     while out.exists() or out.with_suffix(".json").exists():
         out = folder / f"{stem}-{counter}.safetensors"
         counter += 1
-    return PreparedFinetune(task=task, out=out, parent=str(settings.parent), description=description)
+    return PreparedFinetune(out=out, parent=str(settings.parent), description=description, task_name=task_name,
+                            fixed_image=fixed, moving_images=images, pairs_csv=pairs_csv)
 
 
-class FinetuneJob(BackgroundJob):
-    """One fine-tuning running in a background thread (never touches the scene).
+def _count_pairs(path: Path) -> int:
+    """The number of pairs of a pairs CSV (header ``fixed,moving``, ``#`` comments), checked without the engine."""
+    import csv
 
-    Read :attr:`progress` and :attr:`done` from any thread; :meth:`cancel` stops it before the next step, and then no
-    model file is written. On success :attr:`model_path` is the new ``.safetensors`` (its card beside it).
+    if not path.is_file():
+        raise convert.NodeInputError(f"pairs CSV {path}: does not exist; give a CSV with columns fixed,moving")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    except (OSError, UnicodeDecodeError) as error:
+        raise convert.NodeInputError(f"pairs CSV {path}: cannot be read ({error}); give a CSV with columns "
+                                     "fixed,moving") from None
+    if not rows or "fixed" not in rows[0] or "moving" not in rows[0]:
+        raise convert.NodeInputError(f"pairs CSV {path}: needs a header with at least the columns fixed,moving")
+    return len(rows)
+
+
+class FinetuneJob(EngineJob):
+    """One fine-tuning in the engine's child process (never touches the scene).
+
+    Poll :attr:`progress` and :attr:`done`; :meth:`cancel` ends the process, and then no model file is written. On
+    success :attr:`model_path` is the new ``.safetensors`` (its card beside it) and :attr:`loss_curve` the loss per
+    step.
     """
 
-    thread_name = "MetaRegistration fine-tuning"
+    command = "finetune"
+    folder_prefix = "MetaRegistration-finetune-"
 
     def __init__(self, prepared: PreparedFinetune, settings: FinetuneSettings):
+        super().__init__()
         self.prepared = prepared
         self.settings = settings
         self.model_path: Path | None = None
         self.loss_curve: list[float] = []
-        super().__init__()
 
-    def _compute(self, report, should_stop) -> None:
-        from metareg.errors import Cancelled
-        from metareg.training import TrainConfig, finetune
+    def _write_inputs(self, folder):
+        import SimpleITK as sitk
 
+        prepared = self.prepared
+        if prepared.pairs_csv is not None:
+            tasks = str(prepared.pairs_csv)
+        else:
+            sitk.WriteImage(prepared.fixed_image, str(folder / "fixed.mha"), useCompression=False)
+            rows = ["fixed,moving"]
+            for index, image in enumerate(prepared.moving_images):
+                sitk.WriteImage(image, str(folder / f"moving-{index:03d}.mha"), useCompression=False)
+                rows.append(f"fixed.mha,moving-{index:03d}.mha")
+            tasks = f"{prepared.task_name}.csv"
+            (folder / tasks).write_text("\n".join(rows) + "\n", encoding="utf-8")
+        (folder / "model").mkdir()
+        return {"model": prepared.parent, "tasks": tasks, "out": f"model/{prepared.out.name}",
+                "steps": int(self.settings.steps), "batch_size": int(self.settings.batch_size),
+                "lr": float(self.settings.learning_rate), "seed": int(self.settings.seed),
+                "device": self.settings.device, "checkpoint_every": 0,
+                "record_command": f"3D Slicer MetaRegistration: adapt the model to {prepared.description}"}
+
+    def _read_outputs(self, folder, result):
+        """Move the new model and its card (then the loss log the card names) into the model folder: weights first,
+        so the card never points at missing weights. A file that exists there by now is never overwritten."""
         out = self.prepared.out
-        work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", suffix=".training", dir=out.parent))
+        trained = folder / "model"
+        if not (trained / out.name).is_file() or not (trained / f"{out.stem}.json").is_file():
+            raise RuntimeError(f"the engine wrote no model {out.name}")
+        moved = []
         try:
-            config = TrainConfig(steps=int(self.settings.steps), batch_size=int(self.settings.batch_size),
-                                 learning_rate=float(self.settings.learning_rate), seed=int(self.settings.seed),
-                                 checkpoint_every=0)
-            report(0.0, "preparing the pairs")
-            trained = work / out.name
-            self.loss_curve = finetune(
-                self.prepared.parent, [self.prepared.task], config, trained, device=self.settings.device,
-                command=f"3D Slicer MetaRegistration: adapt the model to {self.prepared.description}",
-                progress=report, should_stop=should_stop)
-            if should_stop():
-                raise Cancelled("fine-tuning cancelled")
-            # the model and its card, then the loss log the card names; weights first so the card never points at
-            # missing weights
             for suffix in (".safetensors", ".json", ".loss.csv", ".loss.png"):
-                source = work / f"{out.stem}{suffix}"
-                if source.exists():
-                    os.replace(source, out.parent / source.name)
-            self.model_path = out
-            report(1.0, f"saved {out.name}")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+                source = trained / f"{out.stem}{suffix}"
+                if not source.exists():
+                    continue
+                target = out.parent / source.name
+                if target.exists():
+                    raise RuntimeError(f"{target} appeared while the model was trained; nothing was overwritten")
+                partial = out.parent / f".{source.name}.partial"
+                shutil.copyfile(source, partial)
+                os.replace(partial, target)
+                moved.append(target)
+        except BaseException:
+            for target in moved:
+                target.unlink(missing_ok=True)
+            raise
+        self.loss_curve = [float(value) for value in result.get("loss_curve") or []]
+        self.model_path = out

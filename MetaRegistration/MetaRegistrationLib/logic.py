@@ -1,26 +1,29 @@
-"""The module's logic: read the input nodes, run the engine in a background thread, add the outputs on success.
+"""The module's logic: read the input nodes, run the engine in a child process, add the outputs on success.
 
-Three steps, each on the thread that may do it:
+Three steps, all on the main thread:
 
-1. :meth:`MetaRegistrationLogic.start` (main thread) reads the input nodes into SimpleITK images and landmarks —
-   copies, so the worker never touches MRML — and starts a :class:`RegistrationJob` (worker thread) that runs
-   :func:`metareg.register.register` with progress and a stop flag.
+1. :meth:`MetaRegistrationLogic.start` reads the input nodes into SimpleITK images and landmarks (copies), and
+   starts a :class:`RegistrationJob`: the images, landmarks and label maps go to a private temporary folder, and the
+   engine's worker (``python -m metareg.worker``: the ``metareg register`` command line in its JSON-lines mode) runs
+   on them in a child process (:mod:`.jobs` says why a process and not a thread).
 2. The caller polls the job (a GUI timer in Slicer, a loop in scripts and tests): :attr:`RegistrationJob.progress`,
-   :meth:`RegistrationJob.cancel`.
-3. :meth:`MetaRegistrationLogic.finish` (main thread) adds the output nodes when the job succeeded. A cancelled or
-   failed job adds nothing: the scene stays exactly as it was.
+   :meth:`RegistrationJob.cancel` (the process is terminated, and killed if it does not end at once).
+3. :meth:`MetaRegistrationLogic.finish` adds the output nodes when the job succeeded (its outputs were read back
+   from the folder, which is then removed). A cancelled or failed job adds nothing: the scene stays as it was.
 
 :meth:`MetaRegistrationLogic.run` does all three for scripts and tests. Nothing here uses qt, ctk or ``slicer.app``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import convert, finetune, outputs
-from .jobs import BackgroundJob
+from .jobs import EngineError, EngineJob
 
 ITERATIVE = "iterative"
 LOG = logging.getLogger("MetaRegistration")
@@ -64,16 +67,20 @@ class RegistrationSettings:
     iterations: tuple[int, ...] | None = None
     checkerboard_squares: int = 8
 
-    def iterative_config(self):
-        """The engine's :class:`metareg.iterative.IterativeConfig` for these settings."""
-        from metareg.iterative import IterativeConfig
+    @property
+    def uses_network(self) -> bool:
+        return self.model not in (None, "", ITERATIVE)
 
-        default = IterativeConfig()
-        iterations = tuple(self.iterations or default.iterations)
-        shrink = default.shrink_factors
-        if len(iterations) != len(shrink):  # fewer or more levels: halve the resolution per level, finest last
-            shrink = tuple(2 ** (len(iterations) - 1 - level) for level in range(len(iterations)))
-        return IterativeConfig(shrink_factors=shrink, iterations=iterations, diffeomorphic=self.diffeomorphic)
+    def engine_options(self) -> dict:
+        """The options of ``metareg register`` for these settings (see :mod:`metareg.worker`)."""
+        options: dict = {"device": self.device, "affine": bool(self.affine)}
+        if self.uses_network:
+            options.update(model=str(self.model), adapt_steps=int(self.adapt_steps),
+                           refine_steps=None if self.refine_steps is None else int(self.refine_steps))
+        else:
+            options.update(method=ITERATIVE, diffeomorphic=bool(self.diffeomorphic),
+                           iterations=",".join(str(int(n)) for n in self.iterations) if self.iterations else None)
+        return options
 
 
 @dataclass
@@ -122,33 +129,77 @@ def prepare_inputs(inputs: RegistrationInputs) -> PreparedInputs:
     return prepared
 
 
-class RegistrationJob(BackgroundJob):
-    """One registration running in a background thread.
+@dataclass
+class EngineResult:
+    """What the engine's worker returned, read back from its files (the fields of
+    :class:`metareg.register.RegistrationResult` the outputs need)."""
 
-    The thread only computes; it never touches the scene. Read :attr:`progress` and :attr:`done` from any thread,
-    call :meth:`cancel` to stop it (the engine checks the flag every optimisation step, so it stops within about a
-    second), then hand the job to :meth:`MetaRegistrationLogic.finish` on the main thread.
+    field: object  # sitk vector image, LPS mm, on the fixed grid: fixed x -> moving x + d(x)
+    warped: object
+    jacobian: object
+    report: dict
+    loss_curve: list = field(default_factory=list)
+
+
+#: The files of a registration job, relative to its folder.
+JOB_FILES = {"fixed": "fixed.mha", "moving": "moving.mha", "fixed_landmarks": "fixed_landmarks.mrk.json",
+             "moving_landmarks": "moving_landmarks.mrk.json", "fixed_labels": "fixed_labels.mha",
+             "moving_labels": "moving_labels.mha", "warped": "warped.mha", "field": "field.mha",
+             "jacobian": "jacobian.mha", "report": "report.json"}
+
+
+class RegistrationJob(EngineJob):
+    """One registration in the engine's child process.
+
+    The inputs are copies written to the job's private folder (the scene is never read or changed by the worker).
+    Poll :attr:`progress` / :attr:`done`, call :meth:`cancel` to stop it, then hand the job to
+    :meth:`MetaRegistrationLogic.finish`; :attr:`result` is the :class:`EngineResult` on success.
     """
 
+    command = "register"
+    folder_prefix = "MetaRegistration-register-"
+
     def __init__(self, inputs: RegistrationInputs, prepared: PreparedInputs, settings: RegistrationSettings):
+        super().__init__()
         self.inputs = inputs
         self.prepared = prepared
         self.settings = settings
-        self.result = None
-        super().__init__()
+        self.result: EngineResult | None = None
+        self.seconds: dict[str, float] = {}
 
-    def _compute(self, report, should_stop) -> None:
-        self.result = run_engine(self.prepared, self.settings, report, should_stop)
-        report(1.0, "done")
+    def _write_inputs(self, folder):
+        import SimpleITK as sitk
+        from metareg.landmarks import write_landmarks
 
+        began = time.perf_counter()
+        prepared = self.prepared
+        options = {"fixed": JOB_FILES["fixed"], "moving": JOB_FILES["moving"]}
+        sitk.WriteImage(prepared.fixed_image, str(folder / JOB_FILES["fixed"]), useCompression=False)
+        sitk.WriteImage(prepared.moving_image, str(folder / JOB_FILES["moving"]), useCompression=False)
+        for role in ("fixed_landmarks", "moving_landmarks"):
+            landmarks = getattr(prepared, role)
+            if landmarks is not None:
+                write_landmarks(landmarks, folder / JOB_FILES[role])
+                options[role] = JOB_FILES[role]
+        for role in ("fixed_labels", "moving_labels"):
+            labels = getattr(prepared, role)
+            if labels is not None:
+                sitk.WriteImage(labels, str(folder / JOB_FILES[role]), useCompression=False)
+                options[role] = JOB_FILES[role]
+        options.update(self.settings.engine_options())
+        options.update({role: JOB_FILES[role] for role in ("warped", "field", "jacobian", "report")},
+                       uncompressed=True, quiet=True)
+        self.seconds["write_inputs"] = round(time.perf_counter() - began, 4)
+        return options
 
-def load_model_for(settings: RegistrationSettings):
-    """The engine model the settings ask for (None for the iterative method)."""
-    if settings.model in (None, "", ITERATIVE):
-        return None
-    from metareg.modelio import load_model
+    def _read_outputs(self, folder, result):
+        import SimpleITK as sitk
 
-    return load_model(settings.model)
+        began = time.perf_counter()
+        report = result.get("report") or json.loads((folder / JOB_FILES["report"]).read_text(encoding="utf-8"))
+        images = {role: sitk.ReadImage(str(folder / JOB_FILES[role])) for role in ("field", "warped", "jacobian")}
+        self.result = EngineResult(report=report, loss_curve=list(report.get("loss_curve") or []), **images)
+        self.seconds["read_outputs"] = round(time.perf_counter() - began, 4)
 
 
 @dataclass(frozen=True)
@@ -176,29 +227,6 @@ def card_defaults(model: str | None) -> CardDefaults:
         return CardDefaults()
 
 
-def run_engine(prepared: PreparedInputs, settings: RegistrationSettings, progress=None, should_stop=None):
-    """Run :func:`metareg.register.register` on prepared inputs (any thread; no MRML)."""
-    from metareg.register import register
-
-    model = load_model_for(settings)
-    return register(
-        prepared.fixed_image,
-        prepared.moving_image,
-        model=model,
-        adapt_steps=int(settings.adapt_steps) if model is not None else 0,
-        refine_steps=None if model is None or settings.refine_steps is None else int(settings.refine_steps),
-        affine=bool(settings.affine),
-        iterative_config=settings.iterative_config() if model is None else None,
-        device=settings.device,
-        fixed_landmarks=prepared.fixed_landmarks,
-        moving_landmarks=prepared.moving_landmarks,
-        fixed_labels=prepared.fixed_labels,
-        moving_labels=prepared.moving_labels,
-        progress=progress,
-        should_stop=should_stop,
-    )
-
-
 class MetaRegistrationLogic:
     """Registration in a scene: usable from the module's Widget, from the Python console and from tests.
 
@@ -214,7 +242,7 @@ class MetaRegistrationLogic:
         self.scene = scene
 
     def start(self, inputs: RegistrationInputs, settings: RegistrationSettings) -> RegistrationJob:
-        """Read the inputs (main thread) and start the registration in a background thread.
+        """Read the inputs (main thread) and start the registration in the engine's child process.
 
         Raises:
             convert.NodeInputError: an input cannot be used (the message says which and what to do).
@@ -245,8 +273,10 @@ class MetaRegistrationLogic:
         for node in (job.inputs.fixed_volume, job.inputs.moving_volume):
             if self.scene.GetNodeByID(node.GetID()) is not node:
                 raise convert.NodeInputError(f"input volume '{node.GetName()}' was removed during the registration")
+        began = time.perf_counter()
         result = outputs.create_outputs(self.scene, job.inputs, job.prepared, job.result,
                                         job.settings.checkerboard_squares)
+        job.seconds["create_nodes"] = round(time.perf_counter() - began, 4)
         LOG.info("MetaRegistration: %s", result.results_line)
         return result
 

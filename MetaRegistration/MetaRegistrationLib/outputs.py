@@ -2,6 +2,9 @@
 
 Every output node carries node references to the fixed and moving volumes it came from (``MetaRegistration.fixed``,
 ``MetaRegistration.moving``) and sits in one subject-hierarchy folder per run. Inputs are only read, never modified.
+
+A 2D run (two single-slice volumes) gives single-slice output volumes on the fixed volume's slice, a single-slice
+grid transform in its plane, and TRE measured in that plane (x/y), as the engine measures it.
 """
 
 from __future__ import annotations
@@ -119,10 +122,11 @@ def jacobian_window(jacobian: sitk.Image) -> tuple[float, float]:
     return 1.0 - half, 1.0 + half
 
 
-def _volume(scene, name: str, image: sitk.Image, created: list):
+def _volume(scene, name: str, image: sitk.Image, created: list, reference=None):
+    """A new scalar volume of ``image``; a 2D image becomes a single slice in the plane of ``reference``."""
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", _unique(scene, name))
     created.append(node)
-    convert.image_to_volume(image, node)
+    convert.image_to_volume(image, node, reference)
     node.CreateDefaultDisplayNodes()
     return node
 
@@ -141,39 +145,64 @@ def _table(scene, name: str, columns: list[tuple[str, str, list]], created: list
     """A table node from ``(title, "string" | "double", values)`` columns."""
     node = scene.AddNewNodeByClass("vtkMRMLTableNode", _unique(scene, name))
     created.append(node)
+    fill_table(node, columns)
+    return node
+
+
+def fill_table(node, columns: list[tuple[str, str, list]]) -> None:
+    """Replace the columns of a table node with ``(title, "string" | "double", values)`` columns (None → NaN), with
+    one Modified event."""
     table = node.GetTable()
+    was_modifying = node.StartModify()
+    while table.GetNumberOfColumns():
+        table.RemoveColumn(table.GetNumberOfColumns() - 1)
     for title, kind, values in columns:
         array = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
         array.SetName(title)
         for value in values:
             array.InsertNextValue(str(value) if kind == "string" else float("nan") if value is None else float(value))
         table.AddColumn(array)
+    table.Modified()
     node.Modified()
-    return node
+    node.EndModify(was_modifying)
+
+
+#: The summary rows of the TRE table, after one row per landmark.
+TRE_SUMMARY = {"mean": np.mean, "median": np.median, "max": np.max}
 
 
 def tre_rows(report: dict, labels: list[str], registered_ras: np.ndarray,
-             fixed_ras: np.ndarray) -> list[tuple[str, str, list]]:
+             fixed_ras: np.ndarray, dim: int = 3) -> list[tuple[str, str, list]]:
     """Columns of the TRE table: one row per landmark, then mean, median and max.
 
     ``TRE before/after (mm)`` are the engine's numbers (fixed landmark mapped through the field vs its moving
     partner). ``registered R/A/S`` is where the moving landmark lands when placed under the output transform, and the
-    last column is its distance to the fixed landmark (the same error measured in the fixed image).
+    last column is its distance to the fixed landmark (the same error measured in the fixed image; for a 2D run
+    (``dim=2``) in the slice's plane, R/A only, as the engine's 2D TRE).
     """
     by_label = {row["label"]: row for row in report["landmarks"]}
     before = [by_label[label]["tre_before_mm"] for label in labels]
     after = [by_label[label]["tre_after_mm"] for label in labels]
-    in_fixed = list(np.linalg.norm(registered_ras - fixed_ras, axis=1))
-    summary = {"mean": np.mean, "median": np.median, "max": np.max}
-    names = list(labels) + list(summary)
+    return tre_columns(labels, before, after, registered_ras, fixed_ras, dim)
+
+
+def tre_columns(labels, before, after, registered_ras: np.ndarray, fixed_ras: np.ndarray,
+                dim: int = 3) -> list[tuple[str, str, list]]:
+    """The TRE table's columns from per-landmark numbers (see :func:`tre_rows`); no landmark: no rows at all."""
+    labels, before, after = list(labels), [float(v) for v in before], [float(v) for v in after]
+    registered_ras = np.asarray(registered_ras, dtype=np.float64).reshape(-1, 3)
+    fixed_ras = np.asarray(fixed_ras, dtype=np.float64).reshape(-1, 3)
+    in_fixed = [float(v) for v in np.linalg.norm((registered_ras - fixed_ras)[:, :dim], axis=1)]
+    summary = TRE_SUMMARY if labels else {}
+    names = labels + list(summary)
     blank = [None] * len(summary)
     return [
         ("landmark", "string", names),
         ("TRE before (mm)", "double", before + [float(f(before)) for f in summary.values()]),
         ("TRE after (mm)", "double", after + [float(f(after)) for f in summary.values()]),
-        ("registered R (mm)", "double", list(registered_ras[:, 0]) + blank),
-        ("registered A (mm)", "double", list(registered_ras[:, 1]) + blank),
-        ("registered S (mm)", "double", list(registered_ras[:, 2]) + blank),
+        ("registered R (mm)", "double", [float(v) for v in registered_ras[:, 0]] + blank),
+        ("registered A (mm)", "double", [float(v) for v in registered_ras[:, 1]] + blank),
+        ("registered S (mm)", "double", [float(v) for v in registered_ras[:, 2]] + blank),
         ("distance to fixed landmark (mm)", "double", in_fixed + [float(f(in_fixed)) for f in summary.values()]),
     ]
 
@@ -198,22 +227,23 @@ def create_outputs(scene, inputs, prepared, result, checkerboard_squares: int = 
     report = result.report
     created: list = []
     try:
-        warped = _volume(scene, f"{moving_name} registered to {fixed_name}", result.warped, created)
+        warped = _volume(scene, f"{moving_name} registered to {fixed_name}", result.warped, created, fixed_node)
         _copy_window_level(moving_node, warped)
 
         transform = scene.AddNewNodeByClass("vtkMRMLGridTransformNode",
                                             _unique(scene, f"{moving_name} to {fixed_name} transform"))
         created.append(transform)
-        convert.set_grid_transform(transform, result.field)
+        convert.set_grid_transform(transform, result.field, fixed_node)
         transform.SetAttribute(REPORT_ATTRIBUTE, json.dumps(report))
 
         board = _volume(scene, f"{fixed_name} vs {moving_name} checkerboard",
-                        checkerboard(prepared.fixed_image, result.warped, checkerboard_squares), created)
+                        checkerboard(prepared.fixed_image, result.warped, checkerboard_squares), created, fixed_node)
         board.SetAttribute("MetaRegistration.checkerboardSquares", str(int(checkerboard_squares)))
         board.GetDisplayNode().AutoWindowLevelOff()
         board.GetDisplayNode().SetWindowLevelMinMax(0.0, 1.0)
 
-        jacobian = _volume(scene, f"{moving_name} to {fixed_name} Jacobian determinant", result.jacobian, created)
+        jacobian = _volume(scene, f"{moving_name} to {fixed_name} Jacobian determinant", result.jacobian, created,
+                           fixed_node)
         had_colors = scene.GetFirstNodeByName(JACOBIAN_COLORS_NAME) is not None
         colors = jacobian_colors(scene)
         if not had_colors:
@@ -262,19 +292,33 @@ def _landmark_outputs(scene, inputs, prepared, report, outputs, created) -> None
     from metareg.landmarks import match_landmarks
 
     labels, fixed_lps, moving_lps = match_landmarks(prepared.fixed_landmarks, prepared.moving_landmarks)
-    to_parent = outputs.transform.GetTransformToParent()  # moving RAS point → fixed RAS point (what hardening does)
-    registered_ras = np.array([to_parent.TransformPoint(tuple(p)) for p in moving_lps * convert.RAS_FROM_LPS])
+    registered_ras = registered_points_ras(outputs.transform, moving_lps * convert.RAS_FROM_LPS)
     fixed_ras = fixed_lps * convert.RAS_FROM_LPS
     name = inputs.moving_landmarks.GetName()
-    outputs.tre_table = _table(scene, f"{name} TRE", tre_rows(report, labels, registered_ras, fixed_ras), created)
-    markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", _unique(scene, f"{name} registered"))
+    dim = int(report.get("dimension", prepared.fixed_image.GetDimension()))
+    outputs.tre_table = _table(scene, f"{name} TRE", tre_rows(report, labels, registered_ras, fixed_ras, dim), created)
+    outputs.registered_landmarks = registered_landmarks_node(scene, f"{name} registered", labels, registered_ras,
+                                                             created)
+
+
+def registered_points_ras(transform_node, moving_ras: np.ndarray) -> np.ndarray:
+    """Where moving RAS points land under the output transform (its transform to parent, moving → fixed: what
+    hardening does), ``(N, 3)`` RAS mm."""
+    to_parent = transform_node.GetTransformToParent()
+    return np.array([to_parent.TransformPoint(tuple(float(c) for c in p)) for p in np.asarray(moving_ras)],
+                    dtype=np.float64).reshape(-1, 3)
+
+
+def registered_landmarks_node(scene, name: str, labels, registered_ras: np.ndarray, created: list):
+    """The locked, yellow point list of the registered moving landmarks."""
+    markups = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", _unique(scene, name))
     created.append(markups)
     convert.set_markups_points(markups, labels, registered_ras)
     markups.SetLocked(True)
     markups.CreateDefaultDisplayNodes()
     markups.GetDisplayNode().SetSelectedColor(1.0, 0.85, 0.1)
     markups.GetDisplayNode().SetColor(1.0, 0.85, 0.1)
-    outputs.registered_landmarks = markups
+    return markups
 
 
 def _loss_plot(scene, name: str, report: dict, curve: list[float], outputs, created) -> None:
@@ -324,9 +368,10 @@ def update_checkerboard(outputs: RegistrationOutputs, fixed_node, squares: int) 
     """Recompute the checkerboard volume of a run with ``squares`` squares along each axis (inputs untouched)."""
     from metareg.visualize import checkerboard
 
-    board = checkerboard(convert.volume_to_image(fixed_node, "fixed volume"),
-                         convert.volume_to_image(outputs.warped_volume, "registered volume"), int(squares))
-    convert.image_to_volume(board, outputs.checkerboard_volume)
+    board = checkerboard(convert.volume_to_image(fixed_node, "fixed volume", allow_2d=True),
+                         convert.volume_to_image(outputs.warped_volume, "registered volume", allow_2d=True),
+                         int(squares))
+    convert.image_to_volume(board, outputs.checkerboard_volume, fixed_node)
     outputs.checkerboard_volume.SetAttribute("MetaRegistration.checkerboardSquares", str(int(squares)))
 
 

@@ -8,19 +8,28 @@ from pathlib import Path
 import slicer
 
 
+#: The module folder (the one holding MetaRegistration.py): the source folder of a checkout added to Slicer's
+#: module paths, or ``qt-scripted-modules/`` of a build tree or an installed extension.
+MODULE_DIR = Path(__file__).resolve().parent.parent
+
+
 def resource_path(*parts: str) -> Path:
-    """A file or folder of ``Resources/``: beside the module when built or installed in Slicer, at the repository's
-    top when Slicer runs the module from a checkout (Additional module paths)."""
-    here = Path(__file__).resolve().parent.parent  # the module folder
-    for candidate in (here.joinpath("Resources", *parts), here.parent.joinpath("Resources", *parts)):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"no Resources/{'/'.join(parts)} beside {here} or {here.parent}")
+    """A file or folder of the module's own resources (``Icons/``, ``UI/``): ``<module dir>/Resources/...``, the folder
+    Slicer reads the module's icon from and ``ScriptedLoadableModule.resourcePath`` points to, in a checkout, a build
+    tree and an installed extension alike."""
+    path = MODULE_DIR.joinpath("Resources", *parts)
+    if not path.exists():
+        raise FileNotFoundError(f"no {path}")
+    return path
 
 
 def sample_data_dir() -> Path:
-    """``Resources/SampleData``."""
-    return resource_path("SampleData")
+    """``Resources/SampleData``: beside the module in a build tree or an installed extension (the module's
+    CMakeLists.txt copies it there), at the repository's top in a checkout (Additional module paths)."""
+    for candidate in (MODULE_DIR / "Resources" / "SampleData", MODULE_DIR.parent / "Resources" / "SampleData"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no Resources/SampleData beside {MODULE_DIR} or {MODULE_DIR.parent}")
 
 
 def load_volume(scene, path: str | Path, name: str | None = None):

@@ -55,14 +55,24 @@ def jump_to(scene, point_ras) -> None:
 
 
 def worst_landmark(outputs) -> tuple[str, np.ndarray] | None:
-    """Label and registered RAS position of the landmark with the largest TRE after registration."""
-    rows = outputs.report.get("landmarks") or []
-    if not rows or outputs.registered_landmarks is None:
+    """Label and registered RAS position of the landmark with the largest TRE after registration.
+
+    Read from the TRE table and the registered landmarks as they are now (a :class:`.landmarkwatch.LandmarkWatcher`
+    keeps them up to date while the user edits the landmarks), not from the run's report.
+    """
+    markups, table_node = outputs.registered_landmarks, outputs.tre_table
+    if markups is None or table_node is None:
         return None
-    worst = max(range(len(rows)), key=lambda i: rows[i]["tre_after_mm"])
+    table = table_node.GetTable()
+    after = table.GetColumnByName("TRE after (mm)")
+    count = min(markups.GetNumberOfControlPoints(), table.GetNumberOfRows())  # landmark rows come first
+    if after is None or count == 0:
+        return None
+    values = [after.GetValue(row) for row in range(count)]
+    worst = max(range(count), key=lambda row: -np.inf if np.isnan(values[row]) else values[row])
     position = [0.0, 0.0, 0.0]
-    outputs.registered_landmarks.GetNthControlPointPosition(worst, position)
-    return rows[worst]["label"], np.asarray(position)
+    markups.GetNthControlPointPosition(worst, position)
+    return markups.GetNthControlPointLabel(worst), np.asarray(position)
 
 
 def show_check(scene, check: str, inputs, outputs, opacity: float = 0.5, slice_logics=()) -> None:

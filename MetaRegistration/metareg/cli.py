@@ -153,17 +153,20 @@ def _json_safe(value):
 
 
 class ProgressBar:
-    """A tqdm bar fed with (fraction, message) callbacks; silent when ``enabled`` is False."""
+    """A progress bar fed with (fraction, message) callbacks; silent when ``enabled`` is False.
+
+    tqdm's where it is installed, else a plain line on stderr now and then (:mod:`metareg.progress`).
+    """
 
     def __init__(self, enabled: bool, description: str = "registering"):
         self.bar = None
         if enabled:
-            from tqdm import tqdm
+            from .progress import progress_bar
 
-            interactive = sys.stderr.isatty()
-            self.bar = tqdm(total=1000, desc=description, leave=False, file=sys.stderr,
-                            mininterval=0.1 if interactive else 10.0,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+            interactive = sys.stderr is not None and sys.stderr.isatty()
+            self.bar = progress_bar(total=1000, desc=description, leave=False,
+                                    mininterval=0.1 if interactive else 10.0,
+                                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def __call__(self, fraction: float, message: str) -> None:
         if self.bar is not None:
@@ -292,24 +295,29 @@ def run_register(args: argparse.Namespace) -> int:
         _check_transform_name(args.transform, "--transform")
     outputs = Outputs()
     result_box: dict = {}
-    outputs.add("--warped", args.warped, lambda p: write_image(result_box["result"].warped, p, "--warped"))
-    outputs.add("--field", args.field, lambda p: write_image(result_box["result"].field, p, "--field"))
+    compress = not args.uncompressed
+
+    def image_writer(attribute: str, option: str):
+        return lambda p: write_image(getattr(result_box["result"], attribute), p, option, compress=compress)
+
+    outputs.add("--warped", args.warped, image_writer("warped", "--warped"))
+    outputs.add("--field", args.field, image_writer("field", "--field"))
     outputs.add("--transform", args.transform, lambda p: _write_transform(result_box["result"].field, p, "--transform"))
-    outputs.add("--jacobian", args.jacobian, lambda p: write_image(result_box["result"].jacobian, p, "--jacobian"))
+    outputs.add("--jacobian", args.jacobian, image_writer("jacobian", "--jacobian"))
     outputs.add("--mapped-landmarks", args.mapped_landmarks, lambda p: write_landmarks(result_box["mapped"], p))
-    outputs.add("--warped-labels", args.warped_labels,
-                lambda p: write_image(result_box["result"].warped_labels, p, "--warped-labels"))
+    outputs.add("--warped-labels", args.warped_labels, image_writer("warped_labels", "--warped-labels"))
     outputs.add("--report", args.report, lambda p: _write_json(result_box["report"], p, "--report"))
     outputs.check()
 
-    bar = ProgressBar(enabled=not args.quiet)
+    events = getattr(args, "events", None)  # the worker's JSON lines (metareg.worker) instead of a progress bar
+    bar = ProgressBar(enabled=not args.quiet and events is None)
     try:
         result = register(
             fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
             refine_steps=args.refine_steps,
             affine=args.affine, iterative_config=None if model is not None else _iterative_config(args),
             device=args.device, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
-            fixed_labels=fixed_labels, moving_labels=moving_labels, progress=bar,
+            fixed_labels=fixed_labels, moving_labels=moving_labels, progress=events or bar,
         )
     finally:
         bar.close()
@@ -323,7 +331,9 @@ def run_register(args: argparse.Namespace) -> int:
         mapped[:, :dim] = map_points(result.field, fixed_landmarks.points_lps[:, :dim])
         result_box["mapped"] = Landmarks(fixed_landmarks.labels, mapped)
     outputs.write()
-    if not args.quiet:
+    if events is not None:
+        events.emit("result", report=_json_safe(report))
+    elif not args.quiet:
         print(_one_line(report))
     return 0
 
@@ -363,9 +373,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     outputs.add("--summary", args.summary, lambda p: _write_json(box["summary"], p, "--summary"))
     outputs.check()
     rows = []
-    from tqdm import tqdm
+    from .progress import progress_bar
 
-    for index, pair in enumerate(tqdm(pairs, desc="pairs", disable=args.quiet, file=sys.stderr)):
+    for index, pair in enumerate(progress_bar(pairs, desc="pairs", disable=args.quiet)):
         row = {"pair": index, "fixed": pair["fixed"], "moving": pair["moving"]}
         try:
             fixed = read_image(pair["fixed"], f"pair {index} fixed")
@@ -535,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--mapped-landmarks", metavar="FILE", help="fixed landmarks mapped into the moving image")
     out.add_argument("--warped-labels", metavar="IMAGE", help="the moving label map warped onto the fixed grid")
     out.add_argument("--report", metavar="OUT.json", help="machine-readable report: NCC, TRE, folding, seconds per stage")
+    out.add_argument("--uncompressed", action="store_true",
+                     help="write the images without compression (faster, larger files)")
     reg.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     reg.set_defaults(handler=run_register)
 
@@ -561,20 +573,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, events=None) -> int:
+    """Run one ``metareg`` command; returns the exit status.
+
+    ``events``: a :class:`metareg.worker.JsonLines` when a GUI runs the engine as a child process (``register`` and
+    ``finetune`` then report progress, the result and errors as JSON lines instead of a bar and messages).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    args.events = events
     try:
-        return args.handler(args)
+        with _warnings_as_events(events):
+            return args.handler(args)
     except MetaRegError as error:
-        print(f"metareg {args.command}: error: {error}", file=sys.stderr)
+        if events is not None:
+            events.emit("error", message=str(error), details="", kind=type(error).__name__)
+        else:
+            print(f"metareg {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"metareg {args.command}: interrupted; no outputs were written", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _warnings_as_events(events):
+    """Python warnings become ``log`` events while a worker runs (a GUI shows them); unchanged otherwise."""
+    if events is None:
+        yield
+        return
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        events.emit("log", level="warning", message=f"{category.__name__}: {message}")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 if __name__ == "__main__":

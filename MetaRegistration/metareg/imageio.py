@@ -54,8 +54,9 @@ def read_image(path: str | Path, name: str = "image") -> sitk.Image:
     return _checked(_scalar(image, input_name), input_name)
 
 
-def write_image(image: sitk.Image, path: str | Path, name: str = "output") -> None:
-    """Write an image (compressed where the format allows); the format follows the suffix (``.nii.gz``, ``.nrrd``, ...).
+def write_image(image: sitk.Image, path: str | Path, name: str = "output", compress: bool = True) -> None:
+    """Write an image (compressed where the format allows, unless ``compress`` is False); the format follows the suffix
+    (``.nii.gz``, ``.nrrd``, ...).
 
     The file appears complete or not at all.
 
@@ -64,7 +65,7 @@ def write_image(image: sitk.Image, path: str | Path, name: str = "output") -> No
     """
     with atomic_output(path, name) as temporary:
         try:
-            sitk.WriteImage(image, str(temporary), useCompression=True)
+            sitk.WriteImage(image, str(temporary), useCompression=bool(compress))
         except RuntimeError as error:
             raise OutputError(
                 f"{name} {path}: SimpleITK cannot write this {image.GetDimension()}D "

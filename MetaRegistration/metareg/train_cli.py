@@ -112,9 +112,13 @@ def run_finetune(args: argparse.Namespace) -> int:
 
         parent_loss = LossConfig.from_dict(load_model(args.model).card.get("loss") or {})
         loss = LossConfig(**{**parent_loss.to_dict(), "similarity": args.similarity})
-    finetune(args.model, _tasks(args), config, Path(args.out), args.device, args.resume, command=_command_line(),
-             loss=loss)
-    print(f"wrote {args.out} and its card (parent {args.model})")
+    events = getattr(args, "events", None)  # the worker's JSON lines (metareg.worker)
+    curve = finetune(args.model, _tasks(args), config, Path(args.out), args.device, args.resume,
+                     command=args.record_command or _command_line(), loss=loss, progress=events)
+    if events is not None:
+        events.emit("result", model=str(args.out), loss_curve=[float(value) for value in curve])
+    else:
+        print(f"wrote {args.out} and its card (parent {args.model})")
     return 0
 
 
@@ -223,4 +227,7 @@ def add_training_commands(commands) -> None:
                       help="train with this similarity instead of the parent's, e.g. mi for a multimodal variant")
     fine.add_argument("--field-supervision", type=float, default=0.0, metavar="W",
                       help="as for pretrain: supervise synthetic pairs' known displacement with weight W (default 0)")
+    fine.add_argument("--record-command", metavar="TEXT",
+                      help="what the new card records as the command that made it (default: this command line); "
+                           "a GUI names itself and the data here")
     fine.set_defaults(handler=run_finetune)

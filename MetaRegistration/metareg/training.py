@@ -44,6 +44,7 @@ from .losses import LossConfig, registration_loss
 from .modelio import load_model, save_model
 from .networks import RegistrationNetwork, build_network, count_parameters
 from .preprocess import PREALIGN_CHOICES, check_normalisation
+from .progress import progress_bar
 from .tasks import Task, TaskData
 
 CHECKPOINT_NAME = "last.pt"
@@ -326,15 +327,24 @@ class LossLog:
         plot_loss_curves(self.rows, plot_path, title)
 
 
-def plot_loss_curves(rows: list[dict], path: Path, title: str) -> None:
-    """PNG of loss, similarity and regulariser against the step."""
-    import matplotlib
+def plot_loss_curves(rows: list[dict], path: Path, title: str) -> bool:
+    """PNG of loss, similarity and regulariser against the step; False (and one line on stderr) without matplotlib.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a :class:`matplotlib.figure.Figure` with its own Agg canvas: pyplot and matplotlib's backend are left
+    alone (inside 3D Slicer's process that backend belongs to every other module too).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        print(f"matplotlib is not installed: no loss plot {path} (the loss log is the .loss.csv beside it)",
+              file=sys.stderr)
+        return False
 
     steps = [int(r["step"]) for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     for ax, key in zip(axes, ("loss", "similarity", "regulariser")):
         values = [float(r[key]) for r in rows]
         ax.plot(steps, values, lw=0.8, alpha=0.5)
@@ -347,7 +357,7 @@ def plot_loss_curves(rows: list[dict], path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(str(path), dpi=90)
-    plt.close(fig)
+    return True
 
 
 def _curve_for_card(curve: list[float], points: int = 200) -> list[float]:
@@ -383,10 +393,9 @@ def _batch_loss(network: torch.nn.Module, samples: list[tuple[torch.Tensor, ...]
 
 
 def _progress(processes: Processes, total: int, start: int, description: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, desc=description, disable=not processes.main, file=sys.stderr,
-                mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    interactive = sys.stderr is not None and sys.stderr.isatty()
+    return progress_bar(total=total, initial=start, desc=description, disable=not processes.main,
+                        mininterval=0.5 if interactive else 30.0)
 
 
 RESUMABLE_CHANGES = ("steps", "checkpoint_every")

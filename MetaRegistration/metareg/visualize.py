@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import MetaRegError
 from .geometry import Grid, resample_onto
 from .preprocess import intensity_window
 
@@ -93,12 +94,16 @@ def render_report_png(
 
     3D images are shown at the middle slice of the fixed grid (last index axis). The moving image is shown resampled
     onto the fixed grid without any transform (what "before" means in the numbers).
-    """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import TwoSlopeNorm
+    Needs matplotlib (a :class:`MetaRegError` naming it otherwise); matplotlib's backend is left as it is.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.colors import TwoSlopeNorm
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise MetaRegError("the PNG report needs matplotlib, which is not installed "
+                           "(pip install matplotlib; registering itself needs no matplotlib)") from error
 
     grid = Grid.from_image(fixed)
     moving_on_fixed = resample_onto(moving, grid)
@@ -110,7 +115,10 @@ def render_report_png(
     # pixel aspect from the spacing of the two shown index axes (rows = j, columns = i)
     aspect = grid.spacing[1] / grid.spacing[0]
 
-    fig, axes = plt.subplots(2, 4, figsize=(16, 8.6))
+    # a Figure with its own Agg canvas, not pyplot: matplotlib's backend (Slicer's, in Slicer) stays as it is
+    fig = Figure(figsize=(16, 8.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 4)
     panels = [
         (fixed_u, "Fixed", "gray", None),
         (moving_u, "Moving (before)", "gray", None),
@@ -142,4 +150,3 @@ def render_report_png(
     fig.suptitle(title, fontsize=14)
     fig.tight_layout()
     fig.savefig(str(path), dpi=90)
-    plt.close(fig)
