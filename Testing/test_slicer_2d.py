@@ -1,5 +1,5 @@
-"""2D in the Slicer module (issue 13, section 3A) on real MRML nodes (slicer-core): single-slice volumes ↔ 2D SimpleITK
-images with exact geometry, landmarks on the slice, the single-slice grid transform against the engine's 2D field,
+"""2D in the Slicer module (issue 13, section 3A) on real MRML nodes (slicer-core): single-slice volumes ↔ 2D
+SimpleITK images with exact geometry, landmarks on the slice, the single-slice grid transform against the engine's 2D field,
 and the Logic end to end on the brain2d sample pair (iterative method and a 2D zoo network).
 
 The geometry tests use an in-plane rotated, anisotropic 2D grid (0.7 × 1.9 mm, 27°) on a slice away from z = 0 and
@@ -164,7 +164,8 @@ def test_single_slices_that_cannot_be_registered_get_a_message_naming_them(scene
     a = np.radians(20)
     matrix[:3, :3] = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
     tilted.SetIJKToRASMatrix(vtk_matrix(matrix))
-    with pytest.raises(convert.NodeInputError, match=r"fixed volume 'tilted slice' is an oblique single slice.*20\.00°"):
+    with pytest.raises(convert.NodeInputError,
+                       match=r"fixed volume 'tilted slice' is an oblique single slice.*20\.00°"):
         convert.volume_to_image(tilted, "fixed volume", allow_2d=True)
     assert convert.volume_dimension(tilted) is None
     line = slicer.util.addVolumeFromArray(np.zeros((1, 1, 6), dtype=np.float32), name="a line")
@@ -457,3 +458,36 @@ def test_2d_zoo_model_registers_single_slices_through_the_logic(brain2d_run):
     np.testing.assert_allclose(ijk_to_ras(out.warped_volume), ijk_to_ras(inputs.fixed_volume), atol=1e-9)
     assert json.loads(out.transform.GetAttribute(outputs.REPORT_ATTRIBUTE))["model"] == model
     print(f"brain2d {model} through the Logic: {seconds:.1f} s; {out.results_line}")
+
+
+def test_the_checks_show_the_2d_run_in_the_axial_view(brain2d_run):
+    """Slicer's Red (axial) view shows the single slices: the overlay's anatomy, the Jacobian's colours, the fixed and
+    registered landmarks (rendered offscreen)."""
+    import ctypes.util
+
+    from MetaRegistrationLib import views
+
+    if ctypes.util.find_library("OSMesa") is None:
+        pytest.fail("offscreen rendering needs Debian's libosmesa6 (apt-get install libosmesa6; .ci/run installs it)")
+    scene, inputs, out = brain2d_run["scene"], brain2d_run["inputs"], brain2d_run["outputs"]
+    red = headless.slice_views((300, 300))[0]
+    pictures = {}
+    for check in ("overlay", "jacobian", "landmarks"):
+        views.show_check(scene, check, inputs, out, 0.5, headless.slice_logics())
+        pictures[check] = headless.render_rgb(red).astype(np.int32)
+    brightness = pictures["overlay"].mean(axis=-1)
+    assert brightness.std() > 20 and np.mean(brightness > 30) > 0.2, "the axial view of the 2D overlay is blank"
+    rgb = pictures["jacobian"]
+    assert np.mean(rgb[..., 0] - rgb[..., 2] > 40) > 0.001 or np.mean(rgb[..., 2] - rgb[..., 0] > 40) > 0.001
+    r, g, b = (pictures["landmarks"][..., c] for c in range(3))
+    assert np.sum((r > 200) & (g > 160) & (b < 90)) > 10  # the registered landmarks (yellow) on the slice
+
+
+def test_a_2d_run_is_recognised_for_the_one_up_axial_layout(brain2d_run):
+    from MetaRegistrationLib import views
+
+    assert views.is_2d(brain2d_run["outputs"])
+    layout = brain2d_run["scene"].GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layout is not None:
+        assert views.show_axial_view_only(brain2d_run["scene"])
+        assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView

@@ -146,7 +146,14 @@ def test_the_worker_runs_the_modules_own_engine_before_an_installed_one(brain3d,
     impostor.mkdir(parents=True)
     (impostor / "__init__.py").write_text("__version__ = '0.0.0-impostor'\n")
     (impostor / "worker.py").write_text("import sys; print('impostor'); sys.exit(1)\n")
-    monkeypatch.setenv("PYTHONPATH", str(impostor.parent))
+    environment = jobs._engine_environment
+
+    def impostor_first():  # as Slicer's launcher might: the other metareg's site folder before ours
+        env = environment()
+        env["PYTHONPATH"] = os.pathsep.join([str(impostor.parent), env["PYTHONPATH"]])
+        return env
+
+    monkeypatch.setattr(jobs, "_engine_environment", impostor_first)
     scene, data = brain3d
     job = logic.MetaRegistrationLogic(scene).start(pair_inputs(data), logic.RegistrationSettings(iterations=(2, 1, 1)))
     assert job.wait(300)

@@ -94,19 +94,48 @@ def test_adapting_to_a_pairs_csv(parent_model, sample_dir, tmp_path):
 
 
 def test_cancel_leaves_no_model_and_the_scene_unchanged(scene_volumes, parent_model, tmp_path):
+    """Cancel mid-training: within 2 s the worker is gone, its temporary folder too, no model file is written."""
+    import time
+
+    from test_slicer_engine_process import process_gone
+
     scene, fixed, moving = scene_volumes
     ids = node_ids(scene)
     before = {node.GetID(): node_checksum(node) for node in [fixed, *moving]}
     folder = tmp_path / "models"
-    steps = []
-    path = logic.MetaRegistrationLogic(scene).run_finetune(
+    job = logic.MetaRegistrationLogic(scene).start_finetune(
         finetune.FinetuneInputs(fixed_volume=fixed, moving_volumes=moving),
-        finetune.FinetuneSettings(parent=str(parent_model), steps=500, device="cpu", model_dir=folder),
-        progress=lambda fraction, message: steps.append(fraction), should_stop=lambda: any(f > 0 for f in steps))
-    assert path is None
+        finetune.FinetuneSettings(parent=str(parent_model), steps=5000, device="cpu", model_dir=folder))
+    work, pid = job.folder, job.pid
+    deadline = time.perf_counter() + 300
+    while "step" not in job.progress[1]:
+        assert not job.done and time.perf_counter() < deadline, job.error
+        time.sleep(0.02)
+    cancelled_at = time.perf_counter()
+    job.cancel()
+    assert job.wait(10)
+    latency = time.perf_counter() - cancelled_at
+    assert latency < 2.0, f"the fine-tuning worker took {latency:.2f} s to end"
+    assert process_gone(pid) and not work.exists()
+    assert logic.MetaRegistrationLogic(scene).finish_finetune(job) is None
     assert list(folder.iterdir()) == []
     assert node_ids(scene) == ids
     assert {node.GetID(): node_checksum(node) for node in [fixed, *moving]} == before
+
+
+def test_fine_tuning_goes_on_across_a_scene_close(scene_volumes, parent_model, tmp_path):
+    """It reads only copies: removing the volumes it was started from changes nothing."""
+    scene, fixed, moving = scene_volumes
+    lib = logic.MetaRegistrationLogic(scene)
+    job = lib.start_finetune(finetune.FinetuneInputs(fixed_volume=fixed, moving_volumes=moving),
+                             finetune.FinetuneSettings(parent=str(parent_model), steps=3, device="cpu",
+                                                       model_dir=tmp_path / "models"))
+    for node in [fixed, *moving]:
+        scene.RemoveNode(node)
+    assert job.wait(300)
+    path = lib.finish_finetune(job)
+    assert path is not None and path.is_file() and path.with_suffix(".json").is_file()
+    assert len(job.loss_curve) == 3
 
 
 def test_unusable_inputs_give_a_message_and_start_nothing(scene_volumes, parent_model, tmp_path):

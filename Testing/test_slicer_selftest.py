@@ -37,5 +37,6 @@ def test_self_test_uses_the_smallest_3d_zoo_model_when_there_is_one(tmp_path):
     (tmp_path / "index.json").write_text(json.dumps({"models": entries}))
     settings = selftest.self_test_settings(tmp_path)
     assert settings.model == "small-3d" and settings.adapt_steps == selftest.SELF_TEST_ADAPT_STEPS
-    assert [choice.value for choice in logic.model_choices(tmp_path)] == [logic.ITERATIVE, "big-3d", "small-3d",
-                                                                         "tiny-t2-3d"]
+    choices = logic.model_choices(tmp_path)  # 3D models first, then 2D ones (for single-slice volumes)
+    assert [choice.value for choice in choices] == [logic.ITERATIVE, "big-3d", "small-3d", "tiny-t2-3d", "tiny-2d"]
+    assert "2D" in choices[-1].title

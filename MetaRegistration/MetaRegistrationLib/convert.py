@@ -15,7 +15,8 @@ above an input would make "as stored" and "as shown" differ. The error says to h
 2D NIfTI, ...). With ``allow_2d=True``, :func:`volume_to_image` turns such a volume into a 2D SimpleITK image when the
 slice is *in-plane*: the one-voxel axis points along ±z (LPS = RAS S) and the two others have no z component, so the
 slice is the plane ``z = const`` and the 2D image's geometry is exact (the 2D origin and the 2×2 direction are the
-x/y parts of the 3D ones). An *oblique* single slice (tilted out of ``z = const``) is refused with a
+x/y parts of the 3D ones; direction cosines within :data:`IN_PLANE_TOLERANCE` of 0 or ±1 count as exact). An
+*oblique* single slice (tilted out of ``z = const``) is refused with a
 :class:`NodeInputError`: the engine registers in x/y, and a tilted plane has no exact 2D x/y geometry.
 :class:`SliceGeometry` records where the slice lies (its axis, its z, its thickness), and the 2D outputs
 (:func:`image_to_volume`, :func:`set_grid_transform`) take it from the fixed volume to become single-slice volumes and

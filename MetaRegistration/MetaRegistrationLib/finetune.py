@@ -38,8 +38,8 @@ def default_user_model_dir() -> Path:
 
 
 def user_models(model_dir: str | Path | None = None) -> list[tuple[Path, dict]]:
-    """The 3D models of the user's model folder: (weights path, card) for every ``.safetensors`` with a readable
-    ``.json`` card, sorted by name. A missing folder has none."""
+    """The models of the user's model folder (2D and 3D): (weights path, card) for every ``.safetensors`` with a
+    readable ``.json`` card, sorted by name. A missing folder has none."""
     import json
 
     folder = Path(model_dir) if model_dir else default_user_model_dir()
@@ -51,7 +51,7 @@ def user_models(model_dir: str | Path | None = None) -> list[tuple[Path, dict]]:
             card = json.loads(weights.with_suffix(".json").read_text())
         except (OSError, ValueError):
             continue
-        if int((card.get("architecture") or {}).get("dim", 3)) == 3:
+        if int((card.get("architecture") or {}).get("dim", 3)) in (2, 3):
             found.append((weights, card))
     return found
 

@@ -5,8 +5,8 @@ is off, and neither CTK nor Slicer turns it on), so an engine *thread* would run
 and would crawl. A child process computes at full speed whatever the main thread does.
 
 An :class:`EngineJob` owns a private temporary folder. Its subclass writes the inputs there (images, landmarks,
-labels) with the settings as ``job.json``; the job starts ``python -m metareg.worker FOLDER`` (Slicer's own Python,
-``PythonSlicer``, in Slicer; ``sys.executable`` elsewhere), with the folder of the bundled engine first on its path,
+labels) with the settings as ``job.json``; the job starts ``python -m metareg.worker --watch-stdin FOLDER`` (Slicer's
+own Python, ``PythonSlicer``, in Slicer; ``sys.executable`` elsewhere), with the bundled engine first on its path,
 and reads the worker's JSON lines (progress, log lines, the result) without blocking the caller. When the process has
 ended, :meth:`EngineJob.poll` hands the folder to the subclass to read the outputs back, then removes it; a cancelled,
 crashed or killed worker becomes :attr:`EngineJob.cancelled` or :attr:`EngineJob.error` with a clear message, and the
@@ -44,6 +44,11 @@ KILL_AFTER_SECONDS = 1.0
 STDERR_TAIL_CHARS = 4000
 
 _RUNNING: "weakref.WeakSet[EngineJob]" = weakref.WeakSet()
+
+#: How the worker starts: the bundled engine's folder first on ``sys.path`` (whatever PYTHONPATH or Slicer's launcher
+#: put before it), then ``python -m metareg.worker --watch-stdin FOLDER``.
+WORKER_BOOTSTRAP = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+                    "runpy.run_module('metareg.worker', run_name='__main__', alter_sys=True)")
 
 
 class EngineError(RuntimeError):
@@ -159,7 +164,7 @@ class EngineJob:
             else:
                 creation["start_new_session"] = True  # Ctrl+C in Slicer's terminal goes to Slicer only
             self.process = subprocess.Popen(
-                engine_python() + ["-m", "metareg.worker", "--watch-stdin", str(self.folder)],
+                engine_python() + ["-c", WORKER_BOOTSTRAP, str(engine_folder()), "--watch-stdin", str(self.folder)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, cwd=str(self.folder),
                 env=_engine_environment(), **creation)
         except BaseException:

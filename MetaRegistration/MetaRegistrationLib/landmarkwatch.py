@@ -73,6 +73,12 @@ class LandmarkEvaluation:
             return {}
         return {"tre_before": tre_summary(self.tre_before_mm), "tre_after": tre_summary(self.tre_after_mm)}
 
+    def results_line(self, report: dict) -> str:
+        """The run's results line (:func:`.outputs.results_line`) with the TRE of these landmarks (none when no pair
+        is left), the rest (NCC, folding, seconds, device) as the run reported it."""
+        current = {key: value for key, value in report.items() if key not in ("tre_before", "tre_after")}
+        return outputs.results_line({**current, **self.summary()})
+
 
 def markups_points(node) -> tuple[list[str], np.ndarray]:
     """Labels and local RAS positions of the placed points of a markups node (points without a position skipped)."""
@@ -136,7 +142,7 @@ class FieldOfTransform:
         return self.field.GetDimension()
 
     def map_points_lps(self, points_lps: np.ndarray) -> np.ndarray:
-        """``x + d(x)`` for ``(N, dim)`` LPS points, exactly as the engine's TRE (:func:`metareg.geometry.map_points`)."""
+        """``x + d(x)`` for ``(N, dim)`` LPS points, as the engine's TRE does (:func:`metareg.geometry.map_points`)."""
         from metareg.geometry import map_points
 
         field_image = self.field

@@ -366,22 +366,26 @@ class Choice:
 
 
 def model_choices(zoo_dir=None, user_model_dir=None) -> list[Choice]:
-    """The iterative method, then every model of the zoo with its one-line purpose (dimension 3 only: the module
-    registers volumes), then the user's own models (adapted ones) of ``user_model_dir`` by path, when given."""
+    """The iterative method, then every model of the zoo with its one-line purpose (3D models first; 2D models
+    register single-slice volumes and say "2D"), then the user's own models (adapted ones) of ``user_model_dir`` by
+    path, when given."""
     from metareg.modelio import read_index
 
     choices = [Choice("iterative (no network)", ITERATIVE,
-                      "Optimises the displacement field of this pair directly; always available, no model needed.")]
-    for entry in read_index(zoo_dir):
-        if int(entry.get("dimension", 3)) != 3:
-            continue
+                      "Optimises the displacement field of this pair directly (3D volumes or single slices); always "
+                      "available, no model needed.")]
+    entries = sorted(read_index(zoo_dir), key=lambda entry: -int(entry.get("dimension", 3)))
+    for entry in entries:
         purpose = entry.get("purpose", "")
-        choices.append(Choice(f"{entry['name']} — {purpose}" if purpose else entry["name"], entry["name"], purpose))
+        name = entry["name"] + (" (2D: single slices)" if int(entry.get("dimension", 3)) == 2 else "")
+        choices.append(Choice(f"{name} — {purpose}" if purpose else name, entry["name"], purpose))
     if user_model_dir is not None:
         for weights, card in finetune.user_models(user_model_dir):
             purpose = card.get("purpose", "")
-            choices.append(Choice(f"{weights.stem} (my model) — {purpose}" if purpose else f"{weights.stem} (my model)",
-                                  str(weights), f"{purpose}\n{weights}".strip()))
+            dim = int((card.get("architecture") or {}).get("dim", 3))
+            name = f"{weights.stem} (my model{', 2D' if dim == 2 else ''})"
+            choices.append(Choice(f"{name} — {purpose}" if purpose else name, str(weights),
+                                  f"{purpose}\n{weights}".strip()))
     return choices
 
 

@@ -48,6 +48,22 @@ def _show_markups(node, visible: bool) -> None:
         node.GetDisplayNode().SetVisibility(visible)
 
 
+def is_2d(outputs) -> bool:
+    """Whether a run registered single slices (2D): its registered volume has one slice."""
+    volume = outputs.warped_volume
+    return volume is not None and volume.GetImageData() is not None and min(volume.GetImageData().GetDimensions()) == 1
+
+
+def show_axial_view_only(scene) -> bool:
+    """Switch the layout to the Red (axial) slice view alone, where a 2D run's single slices show (the other views cut
+    them edge-on); False when the scene has no layout node (nothing changed)."""
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layout is None:
+        return False
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView)
+    return True
+
+
 def jump_to(scene, point_ras) -> None:
     """Move every slice view so it cuts through a RAS point (field of view kept)."""
     slicer.vtkMRMLSliceNode.JumpAllSlices(scene, *[float(c) for c in point_ras],
