@@ -404,7 +404,11 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         from MetaRegistrationLib import landmarkwatch
 
-        self._landmarkWatcher = landmarkwatch.LandmarkWatcher(result, p.fixedLandmarks, p.movingLandmarks)
+        def showResults(evaluation):
+            self.ui.statusLabel.text = evaluation.results_line(result.report)
+
+        self._landmarkWatcher = landmarkwatch.LandmarkWatcher(result, p.fixedLandmarks, p.movingLandmarks,
+                                                              on_update=showResults)
 
     def stopLandmarkWatcher(self) -> None:
         if self._landmarkWatcher is not None:
@@ -491,7 +495,10 @@ class MetaRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             runOutputs, fixed, moving = self.currentOutputs()
             inputs = registration.RegistrationInputs(fixed, moving)
-            slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+            # a single-slice (2D) run shows in the axial view alone: the other views would cut the slice edge-on
+            slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView
+                                                 if views.is_2d(runOutputs) else
+                                                 slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
             sliceLogics = slicer.app.applicationLogic().GetSliceLogics()
             views.show_check(slicer.mrmlScene, check, inputs, runOutputs, self._parameterNode.overlayOpacity,
                              [sliceLogics.GetItemAsObject(i) for i in range(sliceLogics.GetNumberOfItems())])

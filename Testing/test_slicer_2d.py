@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration")
 import slicer  # noqa: E402  (slicer-core: installed by `./run test` through the project's `slicer` extra)
 import vtk  # noqa: E402
 
-from MetaRegistrationLib import convert, headless, logic, outputs, sampledata  # noqa: E402
+from MetaRegistrationLib import convert, headless, logic, outputs, sampledata, views  # noqa: E402
 from metareg import metrics  # noqa: E402
 from metareg.geometry import Grid, map_points, vector_image  # noqa: E402
 from metareg.modelio import read_index  # noqa: E402
@@ -305,6 +305,7 @@ def landmark_nodes(scene, slice_s=0.0):
 @pytest.fixture(scope="module")
 def brain2d_run():
     app = headless.get_app()
+    views.set_layers(app.scene, None, None)  # slice views left by other test modules: no errors on clear
     headless.clear_scene()
     scene = app.scene
     folder = sampledata.sample_data_dir()
@@ -465,8 +466,6 @@ def test_the_checks_show_the_2d_run_in_the_axial_view(brain2d_run):
     registered landmarks (rendered offscreen)."""
     import ctypes.util
 
-    from MetaRegistrationLib import views
-
     if ctypes.util.find_library("OSMesa") is None:
         pytest.fail("offscreen rendering needs Debian's libosmesa6 (apt-get install libosmesa6; .ci/run installs it)")
     scene, inputs, out = brain2d_run["scene"], brain2d_run["inputs"], brain2d_run["outputs"]
@@ -484,8 +483,6 @@ def test_the_checks_show_the_2d_run_in_the_axial_view(brain2d_run):
 
 
 def test_a_2d_run_is_recognised_for_the_one_up_axial_layout(brain2d_run):
-    from MetaRegistrationLib import views
-
     assert views.is_2d(brain2d_run["outputs"])
     layout = brain2d_run["scene"].GetFirstNodeByClass("vtkMRMLLayoutNode")
     if layout is not None:

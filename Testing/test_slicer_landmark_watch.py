@@ -30,6 +30,7 @@ SHIFT_RAS = np.array([3.0, 0.0, 0.0])  # the known move of a moving landmark: 3 
 def run():
     """brain3d with its 32 landmarks, registered once; the engine's field kept from the job."""
     app = headless.get_app()
+    views.set_layers(app.scene, None, None)  # slice views left by other test modules: no errors on clear
     headless.clear_scene()
     scene = app.scene
     data = sampledata.load_brain3d(scene)
@@ -199,19 +200,25 @@ def test_updates_are_cheap_and_run_no_registration(watched):
     field_mtime = out.transform.GetTransformFromParent().GetMTime()
     report = out.transform.GetAttribute(outputs.REPORT_ATTRIBUTE)
     nodes = scene.GetNumberOfNodes()
-    timings = []
+    timings, computing = [], []
     for step in range(10):  # like dragging a point
         started = time.perf_counter()
         moving.SetNthControlPointPosition(2, *(position(moving, 2) + np.array([0.3, 0.0, 0.0])))
         timings.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        landmarkwatch.evaluate_landmarks(out.transform, watched["fixed"], moving, watcher.field)
+        computing.append(time.perf_counter() - started)
+    assert watcher.updates >= 10 and watcher.last_error is None
     assert out.transform.GetMTime() == transform_mtime
     assert out.transform.GetTransformFromParent().GetMTime() == field_mtime
     assert out.transform.GetAttribute(outputs.REPORT_ATTRIBUTE) == report
     assert json.loads(report) == json.loads(json.dumps(out.report))
     assert scene.GetNumberOfNodes() == nodes
-    print(f"TRE table update after a point move (32 landmarks): median {1000 * np.median(timings):.1f} ms, "
-          f"max {1000 * max(timings):.1f} ms")
-    assert np.median(timings) < 0.05
+    print(f"TRE table update after a point move (32 landmarks): computing {1000 * np.median(computing):.1f} ms; "
+          f"with the table and point list updates (and any slice views re-rendering) median "
+          f"{1000 * np.median(timings):.1f} ms, max {1000 * max(timings):.1f} ms")
+    assert np.median(computing) < 0.02
+    assert np.median(timings) < 0.5  # offscreen software rendering of open slice views included, when there are any
 
 
 def test_the_watcher_does_not_modify_the_markups_and_stops(run):

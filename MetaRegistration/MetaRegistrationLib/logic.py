@@ -98,18 +98,23 @@ class PreparedInputs:
 
 def prepare_inputs(inputs: RegistrationInputs) -> PreparedInputs:
     """Read the input nodes (main thread). Raises :class:`~.convert.NodeInputError` with a message for the user."""
-    fixed = convert.volume_to_image(inputs.fixed_volume, "fixed volume")
-    moving = convert.volume_to_image(inputs.moving_volume, "moving volume")
-    if inputs.fixed_volume is inputs.moving_volume:
+    if inputs.fixed_volume is not None and inputs.fixed_volume is inputs.moving_volume:
         raise convert.NodeInputError("fixed and moving volume are the same node; choose two different volumes")
+    # single-slice volumes (a 2D image loaded in Slicer) become 2D images; both volumes must agree
+    fixed = convert.volume_to_image(inputs.fixed_volume, "fixed volume", allow_2d=True)
+    moving = convert.volume_to_image(inputs.moving_volume, "moving volume", allow_2d=True)
+    convert.pair_dimension(inputs.fixed_volume, inputs.moving_volume)
     prepared = PreparedInputs(fixed, moving)
     if (inputs.fixed_landmarks is None) != (inputs.moving_landmarks is None):
         missing = "moving" if inputs.moving_landmarks is None else "fixed"
         raise convert.NodeInputError(f"{missing} landmarks: none selected; TRE needs a point list for both volumes "
                                      "(or clear both)")
     if inputs.fixed_landmarks is not None:
-        prepared.fixed_landmarks = convert.markups_to_landmarks(inputs.fixed_landmarks, "fixed landmarks")
-        prepared.moving_landmarks = convert.markups_to_landmarks(inputs.moving_landmarks, "moving landmarks")
+        prepared.fixed_landmarks = convert.markups_to_landmarks(inputs.fixed_landmarks, "fixed landmarks",
+                                                                volume=inputs.fixed_volume, volume_role="fixed volume")
+        prepared.moving_landmarks = convert.markups_to_landmarks(inputs.moving_landmarks, "moving landmarks",
+                                                                 volume=inputs.moving_volume,
+                                                                 volume_role="moving volume")
     if (inputs.fixed_segmentation is None) != (inputs.moving_segmentation is None):
         missing = "moving" if inputs.moving_segmentation is None else "fixed"
         raise convert.NodeInputError(f"{missing} segmentation: none selected; Dice needs a segmentation for both "
