@@ -9,9 +9,10 @@
 #                The project itself is not installed: a .pth file puts <repo>/MetaRegistration on sys.path, so the
 #                working tree is what runs, and nothing is written into the source tree.
 #
-# The first run downloads about 2 GB from PyPI and fills about 6 GB: for Python 3.12 there is no CPU build of
+# The first run downloads about 3 GB from PyPI and fills about 6 GB: for Python 3.12 there is no CPU build of
 # torch 2.13.0 on this machine's disk (that one is for Python 3.11), so pip takes PyPI's, which brings the CUDA
-# libraries (nvidia-*, triton). The tests use the CPU only. About 1.5 minutes at 100 MB/s.
+# libraries (nvidia-*, triton: 2.6 GB of the download). The tests use the CPU only. Seen here: 84 s to install at
+# ~100 MB/s with no pip cache.
 # Later runs: a stamp (sha256 of pyproject.toml, this script and the interpreter's version) says nothing changed,
 # and the script only checks (well under a second).
 # The last line of stdout is the venv's python. Exit status 3: no Python 3.12 here (the message says how to get one).
@@ -69,7 +70,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "pass" 2>/dev/null \
 fi
 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    say "installing pyproject.toml's dependencies into $venv (first use only: ~2 GB download, ~6 GB on disk)"
+    say "installing pyproject.toml's dependencies into $venv (first use only: ~3 GB download, ~6 GB on disk)"
     started=$SECONDS
     # pyproject.toml's lists, read with the venv's own tomllib: torch's pin alone, then everything else
     mapfile -t torch_req < <("$venv/bin/python" - "$repo/pyproject.toml" <<'EOF'

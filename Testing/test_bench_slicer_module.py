@@ -54,8 +54,9 @@ def test_quick_mode_has_the_overhead_with_its_parts(quick_result):
     assert set(result["overhead"]) == {"iterative"}  # quick: no zoo rows
     overhead = result["overhead"]["iterative"]
     assert overhead["setting"] == "iterative 4,2,1"
-    assert _finite(overhead["median_difference_s"])
-    for key in ("cli_wall_s", "cli_engine_total_s", "module_wall_s", "difference_s"):
+    assert _finite(overhead["median_difference_s"]) and _finite(overhead["median_outside_engine_difference_s"])
+    for key in ("cli_wall_s", "cli_engine_total_s", "cli_outside_engine_s", "module_wall_s",
+                "module_outside_engine_s", "difference_s", "outside_engine_difference_s"):
         assert _finite(overhead[key]["median"]) and overhead[key]["n"] == 1, key
     assert overhead["cli_wall_s"]["median"] > 0 and overhead["module_wall_s"]["median"] > 0
     for name in ("start_call_s", "write_inputs_s", "to_start_event_s", "engine_total_s", "read_outputs_s",

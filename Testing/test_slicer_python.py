@@ -84,8 +84,8 @@ def slicer_python() -> str:
     return python
 
 
-def run_in(python: str, script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, INNER: "1", "PYTHONDONTWRITEBYTECODE": "1"}
+def run_in(python: str, script: str, *args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, INNER: "1", "PYTHONDONTWRITEBYTECODE": "1", **extra_env}
     env.pop("PYTHONPATH", None)
     return subprocess.run([python, "-c", textwrap.dedent(script), *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -235,7 +235,10 @@ def test_suite_selection_passes_under_slicer_python(slicer_python):
     assert not missing, f"{missing} are gone: update INNER_TESTS in {Path(__file__).name}"
     done = run_in(slicer_python, "import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))",
                   "-q", "-p", "no:cacheprovider", "-W", "error::SyntaxWarning", *map(str, tests),
-                  *[f"--deselect=Testing/{test}" for test in INNER_DESELECT], timeout=1500)
+                  *[f"--deselect=Testing/{test}" for test in INNER_DESELECT], timeout=1500,
+                  # one torch thread: on 2 cores shared with another busy process, torch's default of one thread a
+                  # core made this run 4x slower (218 s against 53 s, seen here); the tests pass either way
+                  OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     tail = "\n".join(done.stdout.splitlines()[-40:])
     if done.returncode != 0:
         pytest.fail(f"pytest under Python {'.'.join(map(str, SLICER_PYTHON))} failed (exit status "

@@ -13,14 +13,17 @@ landmarks included), and measures:
    ``MetaRegistrationLogic(scene).start(...)`` (reads the nodes, writes them as uncompressed .mha, starts ``python -m
    metareg.worker``), polling until ``job.done`` (every 10 ms; the module's GUI timer polls every 100 ms), then
    ``finish(job)`` (creates the output nodes). The two alternate (CLI first in odd repeats, module first in even
-   ones); the table has the median of each, the median of the paired differences, and the module path's parts:
+   ones); the table has the median of each, the median of the paired differences (of the walls, and of the walls
+   minus each path's own engine total: the overhead proper, which the engine's load-dependent time does not blur),
+   and the module path's parts:
    the ``start()`` call (of which write_inputs), process start to the worker's first JSON event ("start": the
    interpreter is up and ``metareg`` imported; not torch), the engine's own total (its report's ``seconds.total``),
    read_outputs, create_nodes, and the rest (the worker importing torch, reading the .mha inputs, writing the .mha
    outputs, exiting, and the last poll). Settings: the zoo's smallest 3D T1w model at its card's defaults (CLI
    ``--model NAME`` alone; module ``RegistrationSettings(model=NAME, affine=<card's>, refine_steps=None)``) and the
    fast iterative method (``--method iterative --iterations 40,20,10`` vs ``RegistrationSettings(iterations=(40, 20,
-   10))``). One untimed warm-up of each path (a 1,1,1-iteration run) fills the file cache first.
+   10))``). One untimed warm-up of each path (a 1,1,1-iteration run) fills the file cache first; each module run
+   starts from a freshly loaded scene (not timed).
 2. **Cancel latency**: a long job is started (iterative, iterations 2000,1000,500; and the zoo model with
    refine_steps=2000, no affine, during refinement), the benchmark waits for the stage's progress message, calls
    ``job.cancel()`` (SIGTERM, SIGKILL after 1 s) and times until ``job.done`` (polled every 5 ms): median and max.
@@ -168,31 +171,32 @@ def run_module(lib, inputs, setting: Setting) -> dict:
         first_event = job.ended
     if job.error is not None:
         raise RuntimeError(f"the module's job failed: {job.error}\n{job.error_details[-3000:]}")
-    out = lib.finish(job)
+    lib.finish(job)
     wall = time.perf_counter() - began
-    for node in out.nodes():
-        lib.scene.RemoveNode(node)
     report = job.result.report
     total = float(report["seconds"]["total"])
     parts = {"start_call_s": spawned - began, "write_inputs_s": job.seconds["write_inputs"],
              "to_start_event_s": first_event - spawned, "engine_total_s": total,
              "read_outputs_s": job.seconds["read_outputs"], "create_nodes_s": job.seconds["create_nodes"]}
     parts["worker_rest_s"] = (done - first_event) - total - parts["read_outputs_s"]
-    return {"wall_s": wall, "to_done_s": done - began, **parts, "stages_s": report["seconds"],
-            "device": report.get("device"), "tre_after_mm": (report.get("tre_after") or {}).get("mean"),
-            "ncc_after": report.get("ncc_after")}
+    return {"wall_s": wall, "to_done_s": done - began, "outside_engine_s": wall - total, **parts,
+            "stages_s": report["seconds"], "device": report.get("device"),
+            "tre_after_mm": (report.get("tre_after") or {}).get("mean"), "ncc_after": report.get("ncc_after")}
 
 
-def measure_overhead(lib, inputs, setting: Setting, repeats: int, work: Path) -> dict:
+def measure_overhead(lib, fresh_inputs, setting: Setting, repeats: int, work: Path) -> dict:
+    """CLI and module path alternating; ``fresh_inputs()`` gives the pair's nodes in a freshly loaded scene (each
+    module run adds its outputs to the same scene state)."""
     runs = []
     for repeat in range(repeats):
         order = ("cli", "module") if repeat % 2 == 0 else ("module", "cli")
         run = {"order": list(order)}
         for path in order:
             print(f"  {setting.key} repeat {repeat + 1}/{repeats}: {path} ...", flush=True)
-            run[path] = run_cli(setting, work) if path == "cli" else run_module(lib, inputs, setting)
+            run[path] = run_cli(setting, work) if path == "cli" else run_module(lib, fresh_inputs(), setting)
             print(f"    {run[path]['wall_s']:.2f} s (engine {run[path]['engine_total_s']:.2f} s)", flush=True)
         run["difference_s"] = run["module"]["wall_s"] - run["cli"]["wall_s"]
+        run["outside_engine_difference_s"] = run["module"]["outside_engine_s"] - run["cli"]["outside_engine_s"]
         runs.append(run)
     module_parts = ("start_call_s", "write_inputs_s", "to_start_event_s", "engine_total_s", "read_outputs_s",
                     "create_nodes_s", "worker_rest_s")
@@ -203,9 +207,12 @@ def measure_overhead(lib, inputs, setting: Setting, repeats: int, work: Path) ->
         "cli_engine_total_s": summary(r["cli"]["engine_total_s"] for r in runs),
         "cli_outside_engine_s": summary(r["cli"]["outside_engine_s"] for r in runs),
         "module_wall_s": summary(r["module"]["wall_s"] for r in runs),
+        "module_outside_engine_s": summary(r["module"]["outside_engine_s"] for r in runs),
         "module_parts": {name: summary(r["module"][name] for r in runs) for name in module_parts},
         "difference_s": summary(r["difference_s"] for r in runs),
         "median_difference_s": median(r["difference_s"] for r in runs),
+        "outside_engine_difference_s": summary(r["outside_engine_difference_s"] for r in runs),
+        "median_outside_engine_difference_s": median(r["outside_engine_difference_s"] for r in runs),
         "ratio_module_cli": summary(r["module"]["wall_s"] / r["cli"]["wall_s"] for r in runs),
         "runs": runs,
     }
@@ -368,8 +375,10 @@ def table_rows(overhead: dict, cancel: dict, gil: dict, simulation: dict) -> lis
                  row("CLI: engine total (report)", setting, result["cli_engine_total_s"]),
                  row("CLI: outside the engine (start, imports, .nii.gz I/O)", setting, result["cli_outside_engine_s"]),
                  row("module wall (start → done → finish)", setting, result["module_wall_s"]),
-                 row("module − CLI (paired)", setting, result["difference_s"]),
-                 row("module / CLI (paired)", setting, result["ratio_module_cli"], unit="x")]
+                 row("module: outside the engine (wall − engine total)", setting, result["module_outside_engine_s"]),
+                 row("module − CLI, wall (paired)", setting, result["difference_s"]),
+                 row("module / CLI, wall (paired)", setting, result["ratio_module_cli"], unit="x"),
+                 row("module − CLI, outside the engine (paired)", setting, result["outside_engine_difference_s"])]
         rows += [row(names[name], setting, stats) for name, stats in result["module_parts"].items()]
     for result in cancel.values():
         rows.append(row("cancel latency (cancel() → done)", result["setting"], result["latency_s"]))
@@ -417,10 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     from MetaRegistrationLib import headless, logic, sampledata
 
     app = headless.get_app()
-    headless.clear_scene()
-    data = sampledata.load_brain3d(app.scene, SAMPLES)
-    inputs = logic.RegistrationInputs(data.fixed_volume, data.moving_volume, data.fixed_landmarks,
-                                      data.moving_landmarks)
+
+    def fresh_inputs():
+        headless.clear_scene()
+        data = sampledata.load_brain3d(app.scene, SAMPLES)
+        return logic.RegistrationInputs(data.fixed_volume, data.moving_volume, data.fixed_landmarks,
+                                        data.moving_landmarks)
+
+    inputs = fresh_inputs()
     lib = logic.MetaRegistrationLogic(app.scene)
 
     fast = iterative_setting(logic, QUICK_ITERATIONS if args.quick else FAST_ITERATIONS)
@@ -439,10 +452,11 @@ def main(argv: list[str] | None = None) -> int:
             print("warm-up (untimed) ...", flush=True)
             warm = iterative_setting(logic, WARMUP_ITERATIONS, key="warm-up")
             run_cli(warm, work)
-            run_module(lib, inputs, warm)
+            run_module(lib, fresh_inputs(), warm)
 
         print("1. overhead of the module path over the CLI", flush=True)
-        overhead = {setting.key: measure_overhead(lib, inputs, setting, repeats, work) for setting in settings}
+        overhead = {setting.key: measure_overhead(lib, fresh_inputs, setting, repeats, work) for setting in settings}
+        inputs = fresh_inputs()  # the cancel and GIL runs add no nodes (no finish)
 
         print("2. cancel latency", flush=True)
         slow = ",".join(str(n) for n in SLOW_ITERATIONS)
@@ -478,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         f"poll every {POLL_SECONDS * 1000:.0f} ms until done → `finish()` (output nodes created), in slicer-core; "
         "the worker reads and writes uncompressed .mha. Desktop Slicer's GUI timer polls every 100 ms, which adds up "
         "to 0.1 s to the module path.",
+        "Overhead: 'module − CLI, wall' is the raw paired difference; on a loaded machine the engine's own time "
+        "varies by more than the overhead, so 'module − CLI, outside the engine' (each path's wall minus its own "
+        "engine total, paired) is the overhead proper. Each module run starts from a freshly loaded scene (the pair "
+        "and its landmarks; loading is not timed).",
         "Module parts: the start() call (reads the nodes, writes the inputs, spawns the worker); process start → the "
         "worker's first JSON event (interpreter start and `import metareg`, before torch); the engine's own total "
         "(its report's seconds.total, same stages as the CLI's); read_outputs; create_nodes; 'worker rest' = the "

@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,7 +29,8 @@ import SimpleITK as sitk
 from . import __version__
 from .device import DEVICE_CHOICES
 from .errors import InputError, MetaRegError, OutputError
-from .imageio import atomic_output, check_output_path, check_same_dimension, read_image, write_image
+from .imageio import (WRITE_FAILED_HINT, atomic_output, check_output_path, check_same_dimension, output_files,
+                      read_image, scratch_folder, shared_file, write_image)
 from .iterative import IterativeConfig
 from .landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
 from .losses import SIMILARITIES, LossConfig
@@ -52,18 +52,27 @@ examples:
 
 
 class Outputs:
-    """The files a command will write: checked up front, then written; if one fails, the ones written are removed."""
+    """The files a command will write: checked up front, then written; if one fails, the ones written are removed.
 
-    def __init__(self) -> None:
+    ``inputs``: ``(option, path)`` of every file the command reads; no output may be one of them (or a companion file
+    of one, or the same file through a link): :func:`metareg.imageio.check_output_path`.
+    """
+
+    def __init__(self, inputs: Sequence[tuple[str, str | Path | None]] = ()) -> None:
+        self.inputs = list(inputs)
         self.planned: list[tuple[str, Path, Callable[[Path], None]]] = []
 
     def add(self, option: str, path: str | None, writer: Callable[[Path], None]) -> None:
         if path is None:
             return
-        target = check_output_path(path, option)
-        for other, planned, _ in self.planned:
-            if planned.resolve() == target.resolve():
+        target = check_output_path(path, option, self.inputs)
+        shared = shared_file(target, [(other, planned) for other, planned, _ in self.planned])
+        if shared:
+            file, other, other_path, other_file = shared
+            if (file, other_file) == (target, other_path):
                 raise OutputError(f"{option} {target}: is also given as {other} (give each output its own file)")
+            raise OutputError(f"{option} {target}: {file.name} is also a file of {other} {other_path} (a format's "
+                              "companion files; give each output its own file name)")
         self.planned.append((option, target, writer))
 
     def check(self) -> None:
@@ -72,48 +81,50 @@ class Outputs:
             folder = target.parent
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise OutputError(f"{option} {target}: folder {folder} is not writable (choose another folder)")
-            try:
-                tempfile.TemporaryDirectory(prefix=f".{target.name}.", suffix=".partial", dir=folder).cleanup()
-            except OSError as error:
-                raise OutputError(f"{option} {target}: cannot write in {folder} ({error.strerror or error})") from error
+            scratch_folder(target, option).rmdir()
 
     def write(self) -> None:
-        """Write every planned output; if one fails, remove what was written and put back the files it replaced."""
-        kept: list[tuple[Path, Path]] = []  # (output that existed, hidden link to its old file)
-        created: list[Path] = []  # new files, companions included (the .zraw of a .mhd)
+        """Write every planned output; if one fails (or the run is interrupted), remove what was written and put back
+        every file it replaced, companion files included (the ``.zraw`` of a ``.mhd``)."""
+        kept: list[tuple[Path, Path]] = []  # (file that existed, hidden hard link to its old content)
+        created: list[Path] = []  # files that did not exist
         try:
             for option, target, writer in self.planned:
-                if target.exists():
-                    kept.append((target, _keep(target, option)))
-                present = set(target.parent.iterdir())
+                new = []
+                for file in output_files(target):
+                    if os.path.lexists(file):
+                        kept.append((file, _keep(file, option)))
+                    else:
+                        new.append(file)
                 try:
                     writer(target)
                 finally:
-                    created += [path for path in set(target.parent.iterdir()) - present if path.is_file()]
+                    created += [file for file in new if os.path.lexists(file)]
         except BaseException:
-            for path in created:
+            for file in created:
                 with contextlib.suppress(OSError):
-                    path.unlink(missing_ok=True)
-            for target, old in kept:
+                    file.unlink()
+            for file, old in kept:
                 with contextlib.suppress(OSError):
-                    os.replace(old, target)
+                    os.replace(old, file)
             raise
         finally:
             for _, old in kept:
                 shutil.rmtree(old.parent, ignore_errors=True)
 
 
-def _keep(target: Path, option: str) -> Path:
-    """A hidden hard link (or copy) of ``target`` beside it, to restore it if a later output fails."""
+def _keep(file: Path, option: str) -> Path:
+    """A hidden hard link (or copy) of ``file`` beside it, to restore it if a later output fails."""
+    folder = scratch_folder(file, option)
+    kept = folder / file.name
     try:
-        folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-        kept = folder / target.name
         try:
-            os.link(target, kept)
+            os.link(file, kept, follow_symlinks=False)
         except OSError:
-            shutil.copy2(target, kept)
+            shutil.copy2(file, kept, follow_symlinks=False)
     except OSError as error:
-        raise OutputError(f"{option} {target}: cannot write in {target.parent} ({error.strerror or error})") from error
+        shutil.rmtree(folder, ignore_errors=True)
+        raise OutputError(f"{option} {file}: cannot write in {file.parent} ({error.strerror or error})") from error
     return kept
 
 
@@ -132,7 +143,18 @@ def _write_transform(field: sitk.Image, path: Path, option: str) -> None:
 
     _check_transform_name(path, option)
     with atomic_output(path, option) as temporary:
-        sitk.WriteTransform(field_to_transform(field), str(temporary))
+        transform = field_to_transform(field)
+        sitk.WriteTransform(transform, str(temporary))
+        # ITK's text writer (.tfm) ignores a full disk: read the file back and count its parameters
+        expected = (transform.GetNumberOfParameters(), transform.GetNumberOfFixedParameters())
+        try:
+            written = sitk.ReadTransform(str(temporary))
+            counts = (written.GetNumberOfParameters(), written.GetNumberOfFixedParameters())
+        except RuntimeError:
+            counts = (0, 0)
+        if counts != expected:
+            raise OutputError(f"{option} {path}: the file written is not the whole transform (it reads back with "
+                              f"{counts[0]} of {expected[0]} parameters); {WRITE_FAILED_HINT}")
 
 
 def _json_safe(value):
@@ -257,6 +279,11 @@ def _load_method(args: argparse.Namespace):
     return None
 
 
+def _model_inputs(model) -> list[tuple[str, Path]]:
+    """The model's weights (its card is their companion file) as an input no output may write over."""
+    return [] if model is None else [("--model", model.weights_path)]
+
+
 def _read_optional_landmarks(path: str | None, option: str) -> Landmarks | None:
     return read_landmarks(path, name=option) if path else None
 
@@ -293,7 +320,9 @@ def run_register(args: argparse.Namespace) -> int:
                          "pick a model of the images' dimension (`metareg models`) or --method iterative")
     if args.transform:
         _check_transform_name(args.transform, "--transform")
-    outputs = Outputs()
+    outputs = Outputs([(option, getattr(args, option[2:].replace("-", "_")))
+                       for option in ("--fixed", "--moving", "--fixed-landmarks", "--moving-landmarks",
+                                      "--fixed-labels", "--moving-labels")] + _model_inputs(model))
     result_box: dict = {}
     compress = not args.uncompressed
 
@@ -363,11 +392,13 @@ RESULT_COLUMNS = ("pair", "fixed", "moving", "status", "ncc_before", "ncc_after"
 def run_evaluate(args: argparse.Namespace) -> int:
     from .register import register
 
-    from .tasks import read_pairs_csv
+    from .tasks import PAIR_COLUMNS, read_pairs_csv
 
     pairs = [vars(pair) for pair in read_pairs_csv(args.pairs)]
     model = _load_method(args)
-    outputs = Outputs()
+    outputs = Outputs([("--pairs", args.pairs), *_model_inputs(model),
+                       *((f"pair {index} {column}", pair[column]) for index, pair in enumerate(pairs)
+                         for column in PAIR_COLUMNS)])
     box: dict = {}
     outputs.add("--out-csv", args.out_csv, lambda p: _write_csv(box["rows"], p))
     outputs.add("--summary", args.summary, lambda p: _write_json(box["summary"], p, "--summary"))
@@ -586,7 +617,7 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
         return 2
     args.events = events
     try:
-        with _warnings_as_events(events):
+        with _warnings_as_events(events), _sigterm_as_interrupt():
             return args.handler(args)
     except MetaRegError as error:
         if events is not None:
@@ -594,9 +625,36 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
         else:
             print(f"metareg {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"metareg {args.command}: interrupted; no outputs were written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"metareg {args.command}: {how}; no outputs were written", file=sys.stderr)
+        return 143 if isinstance(interrupt, Terminated) else 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised where the program is, so that it unwinds (and rolls its outputs back) as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs, SIGTERM raises :class:`Terminated`; a second one is ignored so that the rollback ends.
+    Only in the main thread, where Python runs signal handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -8,10 +8,13 @@ it cannot. Writing never leaves a partial file behind.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import stat
 import tempfile
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,20 +61,80 @@ def write_image(image: sitk.Image, path: str | Path, name: str = "output", compr
     """Write an image (compressed where the format allows, unless ``compress`` is False); the format follows the suffix
     (``.nii.gz``, ``.nrrd``, ...).
 
-    The file appears complete or not at all.
+    The file appears complete or not at all: it is written beside ``path``, read back and compared with ``image``
+    (:func:`_check_written`), and only then moved into place.
 
     Raises:
-        OutputError: the parent folder is missing or not writable, or SimpleITK cannot write this image there.
+        OutputError: the parent folder is missing or not writable, SimpleITK cannot write this image there, or the
+            file written does not read back as the image (a full disk or a file-size limit).
     """
     with atomic_output(path, name) as temporary:
+        with _native_stderr() as printed:
+            try:
+                sitk.WriteImage(image, str(temporary), useCompression=bool(compress))
+            except RuntimeError as error:
+                raise OutputError(
+                    f"{name} {path}: SimpleITK cannot write this {image.GetDimension()}D "
+                    f"{image.GetPixelIDTypeAsString()} image there ({_sitk_message(error)}) "
+                    "(use a format that holds it, e.g. .nii.gz, .nrrd or .mha)"
+                ) from error
+        _check_written(image, temporary, f"{name} {path}", printed)
+
+
+#: What an output that did not reach the disk whole says to do.
+WRITE_FAILED_HINT = "nothing was replaced; is the disk full or a file-size limit reached? free space or write elsewhere"
+
+
+def _check_written(image: sitk.Image, written_path: Path, label: str, printed: list[str]) -> None:
+    """Read the file just written back and compare it with ``image``: size, values per voxel, and every voxel (the
+    header only for lossy JPEG). Raise OutputError when they differ.
+
+    ITK's NIfTI writer reports a full disk or a file-size limit only on stderr ("NWAD: wrote only 0 of N bytes") and
+    leaves a truncated file that still reads as an image, zero-filled where the data stopped; this finds it. Cost: one
+    read of the file (for .nii.gz, decompression: about a tenth of the time the compressed write took) and, while it
+    runs, a second copy of the image in memory.
+    """
+    said = " ".join(line.strip() for line in "".join(printed).splitlines() if line.strip())
+    problem = ""
+    try:
+        back = sitk.ReadImage(str(written_path))
+    except RuntimeError as error:
+        problem = said or f"cannot be read back: {_sitk_message(error)}"
+    else:
+        shape = (back.GetSize(), back.GetNumberOfComponentsPerPixel())
+        if shape != (image.GetSize(), image.GetNumberOfComponentsPerPixel()):
+            problem = f"reads back as size {shape[0]} with {shape[1]} values per voxel"
+        elif not written_path.name.lower().endswith((".jpg", ".jpeg")):
+            ours, theirs = sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(back)
+            floating = np.issubdtype(ours.dtype, np.floating) and np.issubdtype(theirs.dtype, np.floating)
+            if not np.array_equal(ours, theirs, equal_nan=floating):
+                problem = said or "its voxels read back different"
+        del back
+    if problem:
+        raise OutputError(f"{label}: the file written is not the whole image ({problem}); {WRITE_FAILED_HINT}")
+    if said:  # ITK's own messages of a write that succeeded reach stderr as before
+        os.write(2, "".join(printed).encode())
+
+
+@contextmanager
+def _native_stderr() -> Iterator[list[str]]:
+    """Collect what native code (ITK's NIfTI writer) prints on file descriptor 2 while the block runs."""
+    printed: list[str] = []
+    try:
+        saved = os.dup(2)
+        sink = tempfile.TemporaryFile()
+    except OSError:
+        yield printed
+        return
+    with sink:
+        os.dup2(sink.fileno(), 2)
         try:
-            sitk.WriteImage(image, str(temporary), useCompression=bool(compress))
-        except RuntimeError as error:
-            raise OutputError(
-                f"{name} {path}: SimpleITK cannot write this {image.GetDimension()}D "
-                f"{image.GetPixelIDTypeAsString()} image there ({_sitk_message(error)}) "
-                "(use a format that holds it, e.g. .nii.gz, .nrrd or .mha)"
-            ) from error
+            yield printed
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            printed.append(sink.read().decode(errors="replace"))
 
 
 def check_same_dimension(fixed: sitk.Image, moving: sitk.Image, fixed_name: str, moving_name: str) -> None:
@@ -84,42 +147,179 @@ def check_same_dimension(fixed: sitk.Image, moving: sitk.Image, fixed_name: str,
         )
 
 
-def check_output_path(path: str | Path, name: str) -> Path:
-    """``path`` as a Path if it can name an output file: not a folder, in a folder that exists."""
+#: The NIfTI names of one stem are one family: x.hdr is written with x.img, and ITK's NIfTI reader, asked for
+#: x.nii.gz, reads x.nii instead when it exists (x.hdr.gz: x.hdr and x.img).
+_NIFTI = (".nii", ".nii.gz", ".hdr", ".img", ".hdr.gz", ".img.gz")
+
+#: Formats stored as more than one file: the named file's suffix -> the suffixes of the files written (and read)
+#: beside it, with the same stem.
+COMPANION_SUFFIXES = {
+    **{suffix: tuple(other for other in _NIFTI if other != suffix) for suffix in _NIFTI},
+    ".mhd": (".raw", ".zraw"),  # MetaImage, detached data (.zraw when compressed)
+    ".nhdr": (".raw", ".raw.gz"),  # NRRD, detached data
+    ".safetensors": (".json", ".loss.csv", ".loss.png"),  # a model: its card; and the log of the run that trains it
+}
+
+
+def output_files(path: str | Path) -> list[Path]:
+    """The files that writing ``path`` may create or replace, and that reading it may read: ``path`` and its format's
+    companions (``x.nii.gz``: the other NIfTI names ``x.nii``, ``x.hdr``, ``x.img``...; ``x.mhd``: ``x.raw``/``x.zraw``;
+    ``x.nhdr``: ``x.raw``/``x.raw.gz``; a model: its card and training log)."""
+    path = Path(path)
+    for suffix, companions in COMPANION_SUFFIXES.items():
+        if path.name.endswith(suffix) and path.name != suffix:
+            stem = path.name[: -len(suffix)]
+            return [path, *(path.with_name(stem + companion) for companion in companions)]
+    return [path]
+
+
+def check_output_path(path: str | Path, name: str, inputs: Iterable[tuple[str, str | Path | None]] = ()) -> Path:
+    """``path`` as a Path if it may be written as the output ``name`` (e.g. ``"--warped"``); OutputError otherwise.
+
+    Refused: a folder; a folder that does not exist; any file it writes (:func:`output_files`) that exists but is not a
+    regular file (a device, FIFO or socket would be replaced by a file: as root, ``--report /dev/full`` would replace
+    the device); any file it writes that is a file of one of ``inputs`` (``(name, path)`` pairs; their companions
+    count): the same path, or the same file through a symbolic or hard link.
+    """
     target = Path(path)
     if target.is_dir():
         raise OutputError(f"{name} {target}: is a folder (give a file name)")
     if not target.parent.is_dir():
         raise OutputError(f"{name} {target}: folder {target.parent} does not exist (create it first)")
+    for file in output_files(target):
+        kind = _not_a_regular_file(file)
+        if kind:
+            what = "" if file == target else f"its file {file} "
+            raise OutputError(f"{name} {target}: {what}is {kind}, not a regular file (give a file name; devices, "
+                              "pipes, sockets and folders are never written over)")
+    shared = shared_file(target, inputs)
+    if shared:
+        file, other, other_path, other_file = shared
+        what = "is the same file as" if (file, other_file) == (target, other_path) else f"{file.name} is a file of"
+        raise OutputError(f"{name} {target}: {what} the input {other} {other_path} "
+                          "(give the output another file name; inputs are never written over)")
     return target
+
+
+def shared_file(path: str | Path, others: Iterable[tuple[str, str | Path | None]]):
+    """``(file, other_name, other_path, other_file)`` for the first file that writing ``path`` may write (``path``
+    itself first) and that is also a file of one of ``others`` (``(name, path)`` pairs, companions included: :func:`output_files`):
+    the same path once resolved, or the same file (device and inode: a hard or symbolic link). None if there is none.
+    """
+    theirs = [(name, Path(other), file, _identity(file)) for name, other in others if other is not None
+              for file in output_files(other)]
+    for file in output_files(path):
+        keys = _identity(file)
+        for name, other, other_file, other_keys in theirs:
+            if keys & other_keys:
+                return file, name, other, other_file
+    return None
+
+
+def _identity(file: Path) -> set:
+    """What makes two names one file: the absolute path with symbolic links resolved, and (device, inode) if it
+    exists."""
+    keys: set = {os.path.realpath(file)}
+    try:
+        info = os.stat(file)
+    except (OSError, ValueError):
+        return keys
+    keys.add((info.st_dev, info.st_ino))
+    return keys
+
+
+def _not_a_regular_file(file: Path) -> str:
+    """What ``file`` is if it exists and is not a regular file (``"a FIFO"``, ...); "" otherwise."""
+    try:
+        mode = os.stat(file).st_mode
+    except (OSError, ValueError):
+        return ""
+    for test, kind in ((stat.S_ISREG, ""), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+#: When this process started: scratch folders of dead runs older than this are removed (:func:`scratch_folder`).
+_STARTED = time.time()
+_SCRATCH = re.compile(r"^\..+\.metareg-(\d+)-[a-z0-9_]{8}\.partial$")
+
+
+def scratch_folder(target: Path, name: str) -> Path:
+    """A new hidden folder beside ``target`` to write it through: ``.<file>.metareg-<pid>-<random>.partial``, so that
+    one left by a killed run says what it is. Such folders of runs that have ended (their process is gone) and that
+    are older than this run are removed first.
+
+    Raises:
+        OutputError: the folder cannot be created.
+    """
+    folder = target.parent
+    _remove_stale_scratch(folder)
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.metareg-{os.getpid()}-", suffix=".partial", dir=folder))
+    except OSError as error:
+        raise OutputError(f"{name} {target}: cannot write in {folder} ({error.strerror or error})") from error
+
+
+def _remove_stale_scratch(folder: Path) -> None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _SCRATCH.match(entry.name)
+        try:
+            stale = (match is not None and entry.is_dir(follow_symlinks=False)
+                     and entry.stat(follow_symlinks=False).st_mtime < _STARTED and not _running(int(match[1])))
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there: never guess
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to someone else
+        return True
+    return True
 
 
 @contextmanager
 def atomic_output(path: str | Path, name: str) -> Iterator[Path]:
     """Give a temporary path to write ``path`` through; move the result into place only if the block succeeds.
 
-    The temporary path has the same file name as ``path``, in a hidden folder beside it, so writers that pick a format
-    by suffix (``.nii.gz``) or add companion files (``.mhd`` + ``.zraw``) behave as for ``path``, and the final move
-    is a rename within one file system. When the block raises, nothing is left behind.
+    The temporary path has the same file name as ``path``, in a hidden folder beside it (:func:`scratch_folder`), so
+    writers that pick a format by suffix (``.nii.gz``) or add companion files (``.mhd`` + ``.zraw``) behave as for
+    ``path``, and the final move is a rename within one file system. When the block raises, nothing is left behind.
 
     Raises:
-        OutputError: the parent folder is missing or not writable, ``path`` is a folder, or the move fails.
+        OutputError: ``path`` may not be written (:func:`check_output_path`), its folder is not writable, the writer
+            made files other than :func:`output_files` says, or the move fails.
     """
     target = check_output_path(path, name)
     folder = target.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{name} {target}: folder {folder} is not writable (choose another folder)")
-    try:
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=folder))
-    except OSError as error:
-        raise OutputError(f"{name} {target}: cannot write in {folder} ({error.strerror or error})") from error
+    scratch = scratch_folder(target, name)
     try:
         temporary = scratch / target.name
         yield temporary
         if not temporary.is_file():
             raise OutputError(f"{name} {target}: nothing was written")
-        for written in sorted(scratch.iterdir(), key=lambda file: file.name == target.name):  # the named file last
-            os.replace(written, folder / written.name)
+        written = sorted(scratch.iterdir(), key=lambda file: file.name == target.name)  # the named file last
+        unknown = {file.name for file in written} - {file.name for file in output_files(target)}
+        if unknown:
+            raise OutputError(f"{name} {target}: the writer also made {', '.join(sorted(unknown))}, which metareg "
+                              "does not expect (use another format, e.g. .nii.gz)")
+        for file in written:
+            os.replace(file, folder / file.name)
     except OSError as error:
         raise OutputError(f"{name} {target}: could not be written ({error.strerror or error})") from error
     finally:

@@ -56,6 +56,30 @@ def _tasks(args: argparse.Namespace) -> list[Task]:
     return [load_task(spec, data_dir) for spec in specs]
 
 
+def _check_out(args: argparse.Namespace, tasks: list[Task], parent: str | None = None) -> None:
+    """Refuse an ``--out`` that would write over an input: the parent model (weights and card), a task's pairs CSV or
+    task.json, or a file one of its pairs names (:func:`metareg.imageio.check_output_path`), before any work."""
+    from .errors import MetaRegError
+    from .imageio import check_output_path
+    from .modelio import resolve_model
+
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    inputs: list[tuple[str, str | Path | None]] = []
+    for spec in (s for text in args.tasks for s in text.split(",") if s):
+        folder = Path(spec) if Path(spec).is_dir() else data_dir / "tasks" / spec
+        files = [Path(spec)] if spec.endswith(".csv") else [folder / "pairs.csv", folder / "task.json"]
+        inputs += [(f"--tasks {spec}", file) for file in files]
+    inputs += [(f"task {task.name}", value) for task in tasks for pair in task.pairs for value in vars(pair).values()
+               if isinstance(value, str)]
+    if parent:
+        option = "--init" if args.command == "metatrain" else "--model"
+        try:
+            inputs.append((f"{option} {parent}", resolve_model(parent)[0]))
+        except MetaRegError:
+            pass  # an unknown or missing model is reported when it is loaded
+    check_output_path(args.out, "--out", inputs)
+
+
 def _augment(args: argparse.Namespace) -> AugmentConfig:
     return AugmentConfig(rotation_deg=args.augment_rotation, scale=args.augment_scale,
                          shift_fraction=args.augment_shift, deformation_vox=args.augment_deformation)
@@ -95,7 +119,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, augment=_augment(args),
                          seed=args.seed, checkpoint_every=args.checkpoint_every,
                          field_supervision=args.field_supervision)
-    pretrain(_tasks(args), _spec(args), config, Path(args.out), args.device, args.resume, command=_command_line())
+    tasks = _tasks(args)
+    _check_out(args, tasks)
+    pretrain(tasks, _spec(args), config, Path(args.out), args.device, args.resume, command=_command_line())
     print(f"wrote {args.out} and its card; loss log {Path(args.out).stem}.loss.csv")
     return 0
 
@@ -106,6 +132,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, augment=_augment(args),
                          seed=args.seed, checkpoint_every=args.checkpoint_every,
                          field_supervision=args.field_supervision)
+    tasks = _tasks(args)
+    _check_out(args, tasks, args.model)
     loss = None
     if args.similarity is not None:
         from .modelio import load_model
@@ -113,7 +141,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         parent_loss = LossConfig.from_dict(load_model(args.model).card.get("loss") or {})
         loss = LossConfig(**{**parent_loss.to_dict(), "similarity": args.similarity})
     events = getattr(args, "events", None)  # the worker's JSON lines (metareg.worker)
-    curve = finetune(args.model, _tasks(args), config, Path(args.out), args.device, args.resume,
+    curve = finetune(args.model, tasks, config, Path(args.out), args.device, args.resume,
                      command=args.record_command or _command_line(), loss=loss, progress=events)
     if events is not None:
         events.emit("result", model=str(args.out), loss_curve=[float(value) for value in curve])
@@ -131,7 +159,9 @@ def run_metatrain(args: argparse.Namespace) -> int:
                            meta_step_start=args.meta_step_start, meta_step_end=args.meta_step_end,
                            augment=_augment(args), seed=args.seed, checkpoint_every=args.checkpoint_every)
     spec = None if args.init else _spec(args)
-    metatrain(_tasks(args), spec, config, Path(args.out), args.device, args.resume, parent=args.init,
+    tasks = _tasks(args)
+    _check_out(args, tasks, args.init)
+    metatrain(tasks, spec, config, Path(args.out), args.device, args.resume, parent=args.init,
               command=_command_line())
     print(f"wrote {args.out} and its card")
     return 0
