@@ -42,6 +42,8 @@ LOG = logging.getLogger("MetaRegistration")
 KILL_AFTER_SECONDS = 1.0
 #: How much of the worker's standard error a failure message shows (characters, the end of it).
 STDERR_TAIL_CHARS = 4000
+#: The file in a job folder that names the process owning it (so a later run can remove folders of dead owners).
+OWNER_FILE = "owner.pid"
 
 _RUNNING: "weakref.WeakSet[EngineJob]" = weakref.WeakSet()
 
@@ -151,8 +153,10 @@ class EngineJob:
     def start(self):
         """Write the inputs and start the worker (main thread). Raises what :meth:`_write_inputs` raises; nothing is
         left behind then."""
+        remove_stale_folders()
         self.folder = Path(tempfile.mkdtemp(prefix=self.folder_prefix))
         try:
+            (self.folder / OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
             options = self._write_inputs(self.folder)
             (self.folder / "job.json").write_text(json.dumps({"command": self.command, "options": options}, indent=1),
                                                   encoding="utf-8")
@@ -389,6 +393,37 @@ def _crash_message(code: int | None) -> str:
         return "the engine process ended without a result; nothing was added to the scene"
     return (f"the engine process ended with exit status {code} (see the details for its last messages); nothing "
             "was added to the scene")
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would end the process there; a day-old folder counts as stale instead
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_folders(max_age_seconds: float = 24 * 3600.0) -> list[Path]:
+    """Remove the job folders of applications that ended without cleaning up (crashed, killed): those whose owner
+    process is gone, or older than ``max_age_seconds``. Called whenever a job starts; returns what it removed."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob("MetaRegistration-*"):
+        try:
+            if not folder.is_dir():
+                continue
+            owner = folder / OWNER_FILE
+            pid = int(owner.read_text(encoding="utf-8")) if owner.is_file() else None
+            old = time.time() - folder.stat().st_mtime > max_age_seconds
+            if (pid is not None and pid != os.getpid() and not _process_alive(pid)) or old:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        except (OSError, ValueError):
+            continue
+    return removed
 
 
 def running_jobs() -> list[EngineJob]:
