@@ -320,9 +320,10 @@ def run_register(args: argparse.Namespace) -> int:
                          "pick a model of the images' dimension (`metareg models`) or --method iterative")
     if args.transform:
         _check_transform_name(args.transform, "--transform")
-    outputs = Outputs([(option, getattr(args, option[2:].replace("-", "_")))
-                       for option in ("--fixed", "--moving", "--fixed-landmarks", "--moving-landmarks",
-                                      "--fixed-labels", "--moving-labels")] + _model_inputs(model))
+    outputs = Outputs([("--fixed", args.fixed), ("--moving", args.moving),
+                       ("--fixed-landmarks", args.fixed_landmarks), ("--moving-landmarks", args.moving_landmarks),
+                       ("--fixed-labels", args.fixed_labels), ("--moving-labels", args.moving_labels),
+                       *_model_inputs(model)])
     result_box: dict = {}
     compress = not args.uncompressed
 

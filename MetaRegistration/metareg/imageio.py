@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import time
 import warnings
@@ -73,10 +74,11 @@ def write_image(image: sitk.Image, path: str | Path, name: str = "output", compr
             try:
                 sitk.WriteImage(image, str(temporary), useCompression=bool(compress))
             except RuntimeError as error:
+                full = any(reason in str(error) for reason in ("No space left", "File too large", "quota"))
                 raise OutputError(
                     f"{name} {path}: SimpleITK cannot write this {image.GetDimension()}D "
                     f"{image.GetPixelIDTypeAsString()} image there ({_sitk_message(error)}) "
-                    "(use a format that holds it, e.g. .nii.gz, .nrrd or .mha)"
+                    f"({WRITE_FAILED_HINT if full else 'use a format that holds it, e.g. .nii.gz, .nrrd or .mha'})"
                 ) from error
         _check_written(image, temporary, f"{name} {path}", printed)
 
@@ -91,8 +93,9 @@ def _check_written(image: sitk.Image, written_path: Path, label: str, printed: l
 
     ITK's NIfTI writer reports a full disk or a file-size limit only on stderr ("NWAD: wrote only 0 of N bytes") and
     leaves a truncated file that still reads as an image, zero-filled where the data stopped; this finds it. Cost: one
-    read of the file (for .nii.gz, decompression: about a tenth of the time the compressed write took) and, while it
-    runs, a second copy of the image in memory.
+    read of the file and a comparison, with a second copy of the image in memory meanwhile; for .nii.gz a third to a
+    half of the write's time (measured: 0.45 s after a 1.6 s write of 256^3 float32, 5.6 s after 10.6 s at
+    512x512x400).
     """
     said = " ".join(line.strip() for line in "".join(printed).splitlines() if line.strip())
     problem = ""
@@ -127,6 +130,8 @@ def _native_stderr() -> Iterator[list[str]]:
         yield printed
         return
     with sink:
+        if sys.stderr is not None:
+            sys.stderr.flush()
         os.dup2(sink.fileno(), 2)
         try:
             yield printed
@@ -203,8 +208,9 @@ def check_output_path(path: str | Path, name: str, inputs: Iterable[tuple[str, s
 
 def shared_file(path: str | Path, others: Iterable[tuple[str, str | Path | None]]):
     """``(file, other_name, other_path, other_file)`` for the first file that writing ``path`` may write (``path``
-    itself first) and that is also a file of one of ``others`` (``(name, path)`` pairs, companions included: :func:`output_files`):
-    the same path once resolved, or the same file (device and inode: a hard or symbolic link). None if there is none.
+    itself first) and that is also a file of one of ``others`` (``(name, path)`` pairs, companions included, see
+    :func:`output_files`): the same path once resolved, or the same file (device and inode: a hard or symbolic link).
+    None if there is none.
     """
     theirs = [(name, Path(other), file, _identity(file)) for name, other in others if other is not None
               for file in output_files(other)]
