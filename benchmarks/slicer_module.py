@@ -502,7 +502,11 @@ def main(argv: list[str] | None = None) -> int:
         "rest of the time between the first event and the end (importing torch and the engine, reading the .mha "
         "inputs, writing the .mha outputs, process exit, the last poll).",
         f"Cancel latency: cancel() (SIGTERM; SIGKILL after 1 s) → job.done, polled every "
-        f"{CANCEL_POLL_SECONDS * 1000:.0f} ms, after the stage's progress message arrived.",
+        f"{CANCEL_POLL_SECONDS * 1000:.0f} ms, after the stage's progress message arrived. The worker's exit statuses: "
+        + "; ".join(f"{result['setting']}: " + ", ".join(str(r["returncode"]) for r in result["runs"])
+                    for result in cancel.values())
+        + " (143 = 128 + SIGTERM: the engine's own SIGTERM handler unwound it; -15: SIGTERM's default action; "
+        "-9: killed after 1 s).",
         "GIL test: start → done of the fast iterative registration with a free main thread (job.wait) vs the main "
         "thread holding the GIL in 100 ms C calls (ctypes.PyDLL usleep) between polls, as desktop Slicer's main "
         "thread does while Qt idles; the engine in a child process should not care (ratio ~1).",
