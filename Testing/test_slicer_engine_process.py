@@ -25,6 +25,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration"))
 
+import slicer  # noqa: E402
+
 from MetaRegistrationLib import headless, jobs, logic, sampledata  # noqa: E402
 from test_slicer_brain3d import node_checksum, node_ids  # noqa: E402
 
@@ -135,9 +137,12 @@ def test_a_successful_job_reads_its_outputs_back_and_removes_its_folder(brain3d)
     out = lib.finish(job)
     try:
         assert out.results_line.startswith("TRE ")
-    finally:
+    finally:  # the run's nodes and its subject-hierarchy folder
         for node in out.nodes():
             scene.RemoveNode(node)
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        if hierarchy is not None and out.folder_item:
+            hierarchy.RemoveItem(out.folder_item)
 
 
 def test_the_worker_runs_the_modules_own_engine_before_an_installed_one(brain3d, tmp_path, monkeypatch):
@@ -204,6 +209,7 @@ def test_cancel_during_each_stage_ends_the_worker_within_2_s_and_leaves_the_scen
     latency = time.perf_counter() - cancelled_at
     print(f"cancel during {stage}: {latency * 1000:.0f} ms")
     assert latency < 2.0, f"the worker took {latency:.2f} s to end"
+    assert job.process.returncode == -signal.SIGTERM  # it ended on SIGTERM at once, not by the kill after 1 s
     assert process_gone(pid)
     assert not folder.exists()
     assert job.cancelled and job.result is None and job.error is None

@@ -364,3 +364,59 @@ def test_picking_a_model_takes_the_defaults_its_card_asks_for():
     assert logic.card_defaults("multidomain-2d-reptile") == logic.CardDefaults(affine=False, refine_steps=200)
     assert logic.card_defaults(logic.ITERATIVE) == logic.CardDefaults()
     assert logic.card_defaults("no-such-model") == logic.CardDefaults()  # the clear error comes when it is loaded
+
+
+def test_torch_older_than_the_minimum_is_refused_with_what_to_do():
+    assert "needs 2.1 or newer" in dependencies.torch_too_old("2.0.1")
+    assert "PyTorch Utils" in dependencies.torch_too_old("1.13.1+cu117")
+    assert dependencies.torch_too_old("2.13.0+cpu") == dependencies.torch_too_old("2.1.0") == ""
+    assert dependencies.torch_too_old() == ""  # the torch of this venv
+
+
+def test_install_goes_through_the_pytorch_extension_with_the_version_requirement(monkeypatch):
+    """The panel's Apply and the self-test call dependencies.ensure_installed: torch through PyTorchUtils'
+    installTorch with >=MINIMUM_TORCH_VERSION (never pip), the rest with slicer.util.pip_install, numpy/SimpleITK
+    never; in testing mode the confirmation answers yes, so the self-test installs unattended."""
+    import types
+
+    import slicer.util
+
+    calls = []
+    installed = set()
+
+    class PyTorchUtilsLogic:
+        def torchInstalled(self):
+            return "torch_stand_in" in installed
+
+        def installTorch(self, askConfirmation=False, torchVersionRequirement=None, **kwargs):
+            calls.append(("installTorch", askConfirmation, torchVersionRequirement))
+            installed.add("torch_stand_in")
+            return types.ModuleType("torch")
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    monkeypatch.setattr(slicer.util, "pip_install", lambda requirement: (calls.append(("pip", requirement)),
+                                                                         installed.add(requirement.split(">")[0])))
+    monkeypatch.setattr(dependencies, "REQUIREMENTS", (
+        dependencies.Requirement("numpy", "numpy", "slicer"),
+        dependencies.Requirement("torch_stand_in", "torch>=2.1", "pytorch-extension"),
+        dependencies.Requirement("safetensors_stand_in", "safetensors_stand_in>=0.4", "pip")))
+    monkeypatch.setattr(dependencies, "is_installed", lambda module: module == "numpy" or module in installed)
+    questions = []
+    assert dependencies.ensure_installed(confirm=lambda q: questions.append(q) or True, restart=lambda: None)
+    assert calls == [("installTorch", False, ">=2.1"), ("pip", "safetensors_stand_in>=0.4")]
+    assert len(questions) == 1 and "PyTorch extension" in questions[0]
+    calls.clear()
+    assert dependencies.ensure_installed(confirm=lambda q: False)  # nothing missing now: nothing asked or done
+    assert calls == []
+    installed.clear()
+    assert not dependencies.ensure_installed(confirm=lambda q: False)  # the user declined: nothing installed
+    assert calls == []
+    monkeypatch.delitem(sys.modules, "PyTorchUtils")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the PyTorch extension is not installed
+    with pytest.raises(dependencies.InstallError, match="PyTorch extension"):
+        dependencies.ensure_installed(confirm=lambda q: True)
+
+
+def test_picking_a_model_before_torch_is_installed_gives_no_defaults_and_no_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "metareg.modelio", None)  # import fails as without torch
+    assert MetaRegistrationLib.logic.card_defaults("brain-mr-3d-reptile") == MetaRegistrationLib.logic.CardDefaults()

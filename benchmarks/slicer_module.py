@@ -97,6 +97,38 @@ def uptime() -> str:
         return "load average: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_sample() -> dict:
+    """The machine's busy and stolen CPU seconds so far (/proc/stat), this process's and its reaped children's CPU
+    seconds (getrusage), and the time."""
+    import resource
+
+    busy = steal = float("nan")
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, stolen = fields
+        busy, steal = (user + nice + system + irq + softirq) / _TICK, stolen / _TICK
+    except (OSError, ValueError, IndexError):
+        pass
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"time": time.perf_counter(), "busy": busy, "steal": steal, "self": own.ru_utime + own.ru_stime,
+            "children": children.ru_utime + children.ru_stime}
+
+
+def cpu_delta(before: dict, after: dict) -> dict:
+    """What the CPUs did between two samples: the child's CPU seconds (the CLI subprocess or the module's worker,
+    reaped in between), and the CPU cores that *other* processes of the machine kept busy on average (all busy time
+    minus this process and its children), and the cores stolen by the hypervisor. On this shared machine that says
+    whether a slow run was slowed by other work."""
+    wall = max(after["time"] - before["time"], 1e-9)
+    child = after["children"] - before["children"]
+    others = (after["busy"] - before["busy"]) - (after["self"] - before["self"]) - child
+    return {"child_cpu_s": child, "others_cores": max(others, 0.0) / wall,
+            "steal_cores": (after["steal"] - before["steal"]) / wall}
+
+
 def median(values) -> float:
     values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return statistics.median(values) if values else float("nan")
@@ -142,22 +174,25 @@ def run_cli(setting: Setting, work: Path) -> dict:
                *setting.cli_args]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(MODULE_DIR) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cpu = cpu_sample()
     started = time.perf_counter()
     done = subprocess.run(command, cwd=out, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    cpu = cpu_delta(cpu, cpu_sample())
     if done.returncode != 0:
         raise RuntimeError(f"the CLI failed ({done.returncode}): {' '.join(command)}\n{done.stdout[-2000:]}\n"
                            f"{done.stderr[-3000:]}")
     report = json.loads((out / "report.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
     total = float(report["seconds"]["total"])
-    return {"wall_s": wall, "engine_total_s": total, "outside_engine_s": wall - total,
+    return {"wall_s": wall, "engine_total_s": total, "outside_engine_s": wall - total, **cpu,
             "stages_s": report["seconds"], "device": report.get("device"),
             "tre_after_mm": (report.get("tre_after") or {}).get("mean"), "ncc_after": report.get("ncc_after")}
 
 
 def run_module(lib, inputs, setting: Setting) -> dict:
     """``start`` → poll until done → ``finish`` in this (slicer-core) process: wall seconds and the parts."""
+    cpu = cpu_sample()
     began = time.perf_counter()
     job = lib.start(inputs, setting.module_settings)
     spawned = time.perf_counter()
@@ -173,13 +208,14 @@ def run_module(lib, inputs, setting: Setting) -> dict:
         raise RuntimeError(f"the module's job failed: {job.error}\n{job.error_details[-3000:]}")
     lib.finish(job)
     wall = time.perf_counter() - began
+    cpu = cpu_delta(cpu, cpu_sample())
     report = job.result.report
     total = float(report["seconds"]["total"])
     parts = {"start_call_s": spawned - began, "write_inputs_s": job.seconds["write_inputs"],
              "to_start_event_s": first_event - spawned, "engine_total_s": total,
              "read_outputs_s": job.seconds["read_outputs"], "create_nodes_s": job.seconds["create_nodes"]}
     parts["worker_rest_s"] = (done - first_event) - total - parts["read_outputs_s"]
-    return {"wall_s": wall, "to_done_s": done - began, "outside_engine_s": wall - total, **parts,
+    return {"wall_s": wall, "to_done_s": done - began, "outside_engine_s": wall - total, **parts, **cpu,
             "stages_s": report["seconds"], "device": report.get("device"),
             "tre_after_mm": (report.get("tre_after") or {}).get("mean"), "ncc_after": report.get("ncc_after")}
 
@@ -214,6 +250,8 @@ def measure_overhead(lib, fresh_inputs, setting: Setting, repeats: int, work: Pa
         "outside_engine_difference_s": summary(r["outside_engine_difference_s"] for r in runs),
         "median_outside_engine_difference_s": median(r["outside_engine_difference_s"] for r in runs),
         "ratio_module_cli": summary(r["module"]["wall_s"] / r["cli"]["wall_s"] for r in runs),
+        "cli_others_cores": summary(r["cli"]["others_cores"] for r in runs),
+        "module_others_cores": summary(r["module"]["others_cores"] for r in runs),
         "runs": runs,
     }
 
@@ -271,6 +309,7 @@ def _usleep():
 
 
 def gil_once(lib, inputs, settings, held: bool) -> dict:
+    cpu = cpu_sample()
     began = time.perf_counter()
     job = lib.start(inputs, settings)
     if held:
@@ -280,10 +319,11 @@ def gil_once(lib, inputs, settings, held: bool) -> dict:
     else:
         job.wait()
     seconds = time.perf_counter() - began
+    cpu = cpu_delta(cpu, cpu_sample())
     if job.error is not None:
         raise RuntimeError(f"the GIL test's job failed: {job.error}\n{job.error_details[-3000:]}")
     return {"seconds": seconds, "engine_total_s": float(job.result.report["seconds"]["total"]),
-            "ncc_after": job.result.report.get("ncc_after")}
+            "ncc_after": job.result.report.get("ncc_after"), **cpu}
 
 
 def measure_gil(lib, inputs, setting: Setting, repeats: int) -> dict:
@@ -302,6 +342,10 @@ def measure_gil(lib, inputs, setting: Setting, repeats: int) -> dict:
     return {"setting": setting.title, "hold_period_ms": HOLD_PERIOD_US / 1000,
             "free_s": summary(r["free"]["seconds"] for r in runs),
             "held_s": summary(r["held"]["seconds"] for r in runs),
+            "free_others_cores": summary(r["free"]["others_cores"] for r in runs),
+            "held_others_cores": summary(r["held"]["others_cores"] for r in runs),
+            "free_worker_cpu_s": summary(r["free"]["child_cpu_s"] for r in runs),
+            "held_worker_cpu_s": summary(r["held"]["child_cpu_s"] for r in runs),
             "ratio": summary(ratios), "median_ratio": median(ratios), "runs": runs}
 
 
@@ -378,13 +422,23 @@ def table_rows(overhead: dict, cancel: dict, gil: dict, simulation: dict) -> lis
                  row("module: outside the engine (wall − engine total)", setting, result["module_outside_engine_s"]),
                  row("module − CLI, wall (paired)", setting, result["difference_s"]),
                  row("module / CLI, wall (paired)", setting, result["ratio_module_cli"], unit="x"),
-                 row("module − CLI, outside the engine (paired)", setting, result["outside_engine_difference_s"])]
+                 row("module − CLI, outside the engine (paired)", setting, result["outside_engine_difference_s"]),
+                 row("machine: other processes' CPU during the CLI runs", setting, result["cli_others_cores"],
+                     unit="cores"),
+                 row("machine: other processes' CPU during the module runs", setting, result["module_others_cores"],
+                     unit="cores")]
         rows += [row(names[name], setting, stats) for name, stats in result["module_parts"].items()]
     for result in cancel.values():
         rows.append(row("cancel latency (cancel() → done)", result["setting"], result["latency_s"]))
     rows += [row("GIL test: free main thread (job.wait)", gil["setting"], gil["free_s"]),
              row("GIL test: main thread holds the GIL (100 ms usleep)", gil["setting"], gil["held_s"]),
-             row("GIL test: ratio held / free", gil["setting"], gil["ratio"], unit="x")]
+             row("GIL test: ratio held / free", gil["setting"], gil["ratio"], unit="x"),
+             row("GIL test: worker CPU, free", gil["setting"], gil["free_worker_cpu_s"]),
+             row("GIL test: worker CPU, held", gil["setting"], gil["held_worker_cpu_s"]),
+             row("GIL test: other processes' CPU during the free runs", gil["setting"], gil["free_others_cores"],
+                 unit="cores"),
+             row("GIL test: other processes' CPU during the held runs", gil["setting"], gil["held_others_cores"],
+                 unit="cores")]
     sim = f"pure-Python thread, {simulation['chunks']} chunks"
     rows += [row("thread simulation: free main thread (join)", sim, value=simulation["free_s"]),
              row("thread simulation: main thread holds the GIL" + (" (extrapolated)" if simulation["held_extrapolated"]
@@ -516,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         f"per 100 ms hold" + (f": stopped after {simulation['held_measured_s']:.1f} s with "
                               f"{simulation['held_chunks_done']}/{simulation['chunks']} chunks done, time extrapolated"
                               if simulation["held_extrapolated"] else "") + ".",
+        f"Load during each run: 'other processes' CPU' = the machine's busy CPU time (/proc/stat) minus this "
+        f"process's and the run's child process's (getrusage), over the run's wall time, in cores of the "
+        f"{os.cpu_count()}; a run slowed by other work shows it there (the worker's own CPU seconds stay put).",
         f"Threads: OMP_NUM_THREADS = MKL_NUM_THREADS = ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS = {args.threads} in the "
         "environment of both paths' child processes.",
         f"Machine load (`uptime`), the machine is shared with other work: before: {load_before}; after: {load_after}.",

@@ -36,17 +36,18 @@ def is_installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def missing(requirements=REQUIREMENTS) -> list[Requirement]:
-    """The requirements whose module cannot be imported here."""
-    return [requirement for requirement in requirements if not is_installed(requirement.module)]
+def missing(requirements=None) -> list[Requirement]:
+    """The requirements (default :data:`REQUIREMENTS`) whose module cannot be imported here."""
+    chosen = REQUIREMENTS if requirements is None else requirements
+    return [requirement for requirement in chosen if not is_installed(requirement.module)]
 
 
-def pip_requirements(requirements=REQUIREMENTS) -> list[str]:
+def pip_requirements(requirements=None) -> list[str]:
     """What ``slicer.util.pip_install`` must install now (missing packages we may install with pip)."""
     return [requirement.pip for requirement in missing(requirements) if requirement.provider == "pip"]
 
 
-def install_message(requirements=REQUIREMENTS) -> str:
+def install_message(requirements=None) -> str:
     """The question put to the user before installing anything ("" when nothing is missing)."""
     lacking = missing(requirements)
     if not lacking:

@@ -221,10 +221,10 @@ def card_defaults(model: str | None) -> CardDefaults:
     error then comes, clearly, when the model is loaded)."""
     if model in (None, "", ITERATIVE):
         return CardDefaults()
-    from metareg.modelio import read_card, resolve_model
-    from metareg.register import refine_steps_by_default
+    try:  # the imports too: before torch is installed there are no defaults yet, and no error
+        from metareg.modelio import read_card, resolve_model
+        from metareg.register import refine_steps_by_default
 
-    try:
         weights, _ = resolve_model(model)
         card = read_card(weights.with_suffix(".json"))
         return CardDefaults(affine=card.get("prealign") == "affine", refine_steps=refine_steps_by_default(card))

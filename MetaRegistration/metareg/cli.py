@@ -618,7 +618,9 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
         return 2
     args.events = events
     try:
-        with _warnings_as_events(events), _sigterm_as_interrupt():
+        # a worker (events) dies at once on SIGTERM: its GUI removes the private folder it writes in; a command
+        # line run unwinds instead, so that its outputs are rolled back
+        with _warnings_as_events(events), _sigterm_as_interrupt(enabled=events is None):
             return args.handler(args)
     except MetaRegError as error:
         if events is not None:
@@ -637,13 +639,13 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
+def _sigterm_as_interrupt(enabled: bool = True):
     """While a command runs, SIGTERM raises :class:`Terminated`; a second one is ignored so that the rollback ends.
-    Only in the main thread, where Python runs signal handlers."""
+    Only in the main thread, where Python runs signal handlers, and only when ``enabled``."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
 
