@@ -65,7 +65,7 @@ TINY_2D = {"family": "unet", "dim": 2, "encoder_channels": [4, 8], "decoder_chan
 def run_without_optional_packages(*commands: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """``metareg <command>`` for each command, in one fresh interpreter where tqdm and matplotlib cannot be imported."""
     return subprocess.run([sys.executable, "-c", BOOTSTRAP, json.dumps([list(map(str, c)) for c in commands])],
-                          env=ENV, timeout=timeout, capture_output=True, text=True)
+                          env=ENV, timeout=timeout, capture_output=True, text=True, encoding="utf-8")
 
 
 def test_the_blocker_blocks():
@@ -77,7 +77,8 @@ def test_the_blocker_blocks():
                               "    except ImportError:\n"
                               "        print('blocked', n)\n"
                               "main = None")
-    done = subprocess.run([sys.executable, "-c", probe, "[]"], env=ENV, timeout=60, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", probe, "[]"], env=ENV, timeout=60, capture_output=True, text=True,
+                          encoding="utf-8")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:4] == ["blocked tqdm", "blocked matplotlib", "blocked matplotlib.figure",
                                            "blocked tqdm.auto"]
