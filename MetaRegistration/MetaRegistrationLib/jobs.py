@@ -34,7 +34,6 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Callable
 
 LOG = logging.getLogger("MetaRegistration")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import convert, finetune, outputs
-from .jobs import EngineError, EngineJob
+from .jobs import EngineJob
 
 ITERATIVE = "iterative"
 LOG = logging.getLogger("MetaRegistration")
