@@ -357,14 +357,8 @@ def markups_to_landmarks(node, role: str = "landmarks", volume=None, volume_role
     if node is None:
         raise NodeInputError(f"{role}: none selected")
     _check_no_parent_transform(node, role)
-    labels, points = [], []
-    for index in range(node.GetNumberOfControlPoints()):
-        if node.GetNthControlPointPositionStatus(index) != node.PositionDefined:
-            continue
-        position = [0.0, 0.0, 0.0]
-        node.GetNthControlPointPosition(index, position)
-        labels.append(node.GetNthControlPointLabel(index))
-        points.append(RAS_FROM_LPS * np.asarray(position, dtype=np.float64))
+    labels, points_ras = markups_points(node)
+    points = [RAS_FROM_LPS * point for point in points_ras]
     if not labels:
         raise NodeInputError(f"{role} '{node.GetName()}' has no placed points; place at least one labelled point")
     geometry = slice_geometry(volume, volume_role) if volume is not None else None
@@ -378,6 +372,20 @@ def markups_to_landmarks(node, role: str = "landmarks", volume=None, volume_role
                     "must lie on the slice: place the point again in the slice view"
                 )
     return Landmarks(tuple(labels), np.asarray(points))
+
+
+def markups_points(node) -> tuple[list[str], np.ndarray]:
+    """Labels and local RAS positions (mm, the node's own coordinates: no parent transform applied) of the placed
+    points of a markups node; points without a position are skipped."""
+    labels, points = [], []
+    for index in range(node.GetNumberOfControlPoints()):
+        if node.GetNthControlPointPositionStatus(index) != node.PositionDefined:
+            continue
+        position = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPosition(index, position)
+        labels.append(node.GetNthControlPointLabel(index))
+        points.append(position)
+    return labels, np.asarray(points, dtype=np.float64).reshape(-1, 3)
 
 
 def set_markups_points(node, labels, points_ras: np.ndarray) -> None:

@@ -80,17 +80,6 @@ class LandmarkEvaluation:
         return outputs.results_line({**current, **self.summary()})
 
 
-def markups_points(node) -> tuple[list[str], np.ndarray]:
-    """Labels and local RAS positions of the placed points of a markups node (points without a position skipped)."""
-    labels, points = [], []
-    for index in range(node.GetNumberOfControlPoints()):
-        if node.GetNthControlPointPositionStatus(index) != node.PositionDefined:
-            continue
-        position = [0.0, 0.0, 0.0]
-        node.GetNthControlPointPosition(index, position)
-        labels.append(node.GetNthControlPointLabel(index))
-        points.append(position)
-    return labels, np.asarray(points, dtype=np.float64).reshape(-1, 3)
 
 
 def pair_by_label(fixed_labels, fixed_points, moving_labels, moving_points):
@@ -156,8 +145,8 @@ def evaluate_landmarks(transform_node, fixed_markups, moving_markups,
     change."""
     field = field or FieldOfTransform(transform_node)
     dim = field.dim
-    fixed_labels, fixed_points = markups_points(fixed_markups)
-    moving_labels, moving_points = markups_points(moving_markups)
+    fixed_labels, fixed_points = convert.markups_points(fixed_markups)
+    moving_labels, moving_points = convert.markups_points(moving_markups)
     labels, fixed_ras, moving_ras, skipped = pair_by_label(fixed_labels, fixed_points, moving_labels, moving_points)
     p = fixed_ras * convert.RAS_FROM_LPS
     q = moving_ras * convert.RAS_FROM_LPS
