@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -85,7 +86,15 @@ class Outputs:
 
     def write(self) -> None:
         """Write every planned output; if one fails (or the run is interrupted), remove what was written and put back
-        every file it replaced, companion files included (the ``.zraw`` of a ``.mhd``)."""
+        every file it replaced, companion files included (the ``.zraw`` of a ``.mhd``).
+
+        The set is written as one unit: another ``metareg`` run writing any of the same files waits until this one
+        has written all of its own (:func:`_output_locks`), so two runs never leave a mixed set.
+        """
+        with _output_locks([target for _, target, _ in self.planned]):
+            self._write()
+
+    def _write(self) -> None:
         kept: list[tuple[Path, Path]] = []  # (file that existed, hidden hard link to its old content)
         created: list[Path] = []  # files that did not exist
         try:
@@ -111,6 +120,35 @@ class Outputs:
         finally:
             for _, old in kept:
                 shutil.rmtree(old.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _output_locks(targets: Sequence[Path]):
+    """Hold an exclusive lock for each output path (in the system's temporary folder, keyed by the resolved path, so
+    nothing is added beside the outputs) while a set is written; taken in one order, so two runs cannot deadlock.
+    POSIX only (``fcntl``); elsewhere the set is written unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    import hashlib
+
+    folder = Path(tempfile.gettempdir()) / "metareg-output-locks"
+    folder.mkdir(mode=0o1777, exist_ok=True)
+    keys = sorted({hashlib.sha256(str(Path(target).resolve()).encode()).hexdigest()[:32] for target in targets})
+    handles = []
+    try:
+        for key in keys:
+            handle = open(folder / f"{key}.lock", "a+b")  # noqa: SIM115 - closed below
+            handles.append(handle)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        for handle in reversed(handles):
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
 
 
 def _keep(file: Path, option: str) -> Path:
