@@ -444,6 +444,12 @@ def _stored_size(file: Path, path: Path, input_name: str) -> int:
     length); InputError if the gzip stream is cut short or corrupt."""
     if not file.name.lower().endswith(".gz"):
         return file.stat().st_size
+    try:
+        with open(file, "rb") as raw:
+            if raw.read(2) != b"\x1f\x8b":  # not gzip at all: ITK says what it is not
+                return file.stat().st_size
+    except OSError as error:
+        raise InputError(input_name, f"cannot be read ({error.strerror or error})", "check the file") from error
     total = 0
     try:
         with gzip.open(file, "rb") as stream:
@@ -460,9 +466,11 @@ def _stored_size(file: Path, path: Path, input_name: str) -> int:
 
 
 def _head(file: Path) -> bytes:
-    opener = gzip.open if file.name.lower().endswith(".gz") else open
+    """The first 540 bytes of ``file`` (decompressed if it is gzip); b"" if they cannot be read."""
     try:
-        with opener(file, "rb") as stream:
+        with open(file, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(file, "rb") as stream:
             return stream.read(540)
     except (OSError, EOFError, zlib.error):
         return b""
