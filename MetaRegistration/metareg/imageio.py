@@ -1,8 +1,10 @@
 """Reading and writing images, through SimpleITK only.
 
 Images keep their physical geometry: spacing (mm), origin (LPS mm) and direction (LPS). Reading checks that an image
-can be registered at all (2D or 3D, at least 2 voxels along every axis, finite, not constant) and says what to do when
-it cannot. Writing never leaves a partial file behind.
+can be registered at all (2D or 3D, at least 2 voxels along every axis, finite, not constant, an orthonormal direction)
+and that ITK reads what the user named (a whole file, not one cut short that ITK would zero-fill; not an older
+uncompressed file of the same NIfTI family), and says what to do when it cannot. Writing never leaves a partial file
+behind.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ def read_image(path: str | Path, name: str = "image") -> sitk.Image:
         The image with its spacing (mm), origin (LPS mm) and direction.
 
     Raises:
-        InputError: the path is missing or unreadable, or the image is not a usable 2D/3D scalar image.
+        InputError: the path is missing or unreadable; the file is cut short (a broken gzip stream, or less data than
+            the NIfTI header describes); a compressed NIfTI name has an uncompressed file of its family beside it,
+            which ITK would read instead (``x.nii`` beside ``x.nii.gz``); or the image is not a usable 2D/3D scalar
+            image on an orthonormal grid.
     """
     path = Path(path)
     input_name = f"{name} {path}"
@@ -451,14 +456,14 @@ def _stored_size(file: Path, path: Path, input_name: str) -> int:
     except OSError as error:
         raise InputError(input_name, f"cannot be read ({error.strerror or error})", "check the file") from error
     total = 0
-    try:
+    try:  # about 0.1 s for a 10 MB .nii.gz; the whole stream is read so that its CRC and length are checked
         with gzip.open(file, "rb") as stream:
             while chunk := stream.read(_GZIP_CHUNK):
                 total += len(chunk)
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         what = "" if file == path else f"its file {file} "
-        raise InputError(input_name, f"{what}is truncated or corrupt: its gzip stream breaks off after {total} bytes "
-                         f"({error})", "copy it again from its source; a partial download or copy would be "
+        raise InputError(input_name, f"{what}is truncated or corrupt: its gzip stream is not whole ({error})",
+                         "copy it again from its source; a partial download or copy would be "
                          "read with zeros where the data stops") from error
     except OSError as error:
         raise InputError(input_name, f"cannot be read ({error.strerror or error})", "check the file") from error
