@@ -200,10 +200,6 @@ class EngineJob:
         return self.poll()
 
     @property
-    def running(self) -> bool:
-        return not self.done
-
-    @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 

@@ -16,7 +16,6 @@ Three steps, all on the main thread:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -150,7 +149,7 @@ class EngineResult:
 JOB_FILES = {"fixed": "fixed.mha", "moving": "moving.mha", "fixed_landmarks": "fixed_landmarks.mrk.json",
              "moving_landmarks": "moving_landmarks.mrk.json", "fixed_labels": "fixed_labels.mha",
              "moving_labels": "moving_labels.mha", "warped": "warped.mha", "field": "field.mha",
-             "jacobian": "jacobian.mha", "report": "report.json"}
+             "jacobian": "jacobian.mha"}
 
 
 class RegistrationJob(EngineJob):
@@ -192,7 +191,7 @@ class RegistrationJob(EngineJob):
                 sitk.WriteImage(labels, str(folder / JOB_FILES[role]), useCompression=False)
                 options[role] = JOB_FILES[role]
         options.update(self.settings.engine_options())
-        options.update({role: JOB_FILES[role] for role in ("warped", "field", "jacobian", "report")},
+        options.update({role: JOB_FILES[role] for role in ("warped", "field", "jacobian")},
                        uncompressed=True, quiet=True)
         self.seconds["write_inputs"] = round(time.perf_counter() - began, 4)
         return options
@@ -201,7 +200,7 @@ class RegistrationJob(EngineJob):
         import SimpleITK as sitk
 
         began = time.perf_counter()
-        report = result.get("report") or json.loads((folder / JOB_FILES["report"]).read_text(encoding="utf-8"))
+        report = result["report"]  # the worker's result event carries the report; no file needed
         images = {role: sitk.ReadImage(str(folder / JOB_FILES[role])) for role in ("field", "warped", "jacobian")}
         self.result = EngineResult(report=report, loss_curve=list(report.get("loss_curve") or []), **images)
         self.seconds["read_outputs"] = round(time.perf_counter() - began, 4)
