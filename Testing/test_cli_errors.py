@@ -325,9 +325,14 @@ def test_3d_model_on_2d_images(model, inputs, out, capsys):
         (["--adapt-steps", "3"], "--adapt-steps: test-time adaptation needs a network"),
         (["--method", "network"], "--method network: needs --model"),
         (["--iterations", "abc"], "--iterations abc: must be comma-separated integers"),
-        (["--iterations", "2,-1"], "--iterations 2,-1: needs non-negative step counts"),
+        (["--iterations", "2,-1"], "--iterations: must be >= 0, got -1"),
+        (["--smoothness", "-5"], "--smoothness: must be >= 0, got -5"),
+        (["--smoothness", "nan"], "--smoothness: must be a finite number, got nan"),
+        (["--smoothness", "inf"], "--smoothness: must be a finite number, got inf"),
+        (["--adapt-lr", "0.01"], "--adapt-lr: is the step size of test-time adaptation, which is off"),
     ],
-    ids=["adapt-steps-without-model", "network-without-model", "iterations-abc", "iterations-negative"],
+    ids=["adapt-steps-without-model", "network-without-model", "iterations-abc", "iterations-negative",
+         "smoothness-negative", "smoothness-nan", "smoothness-inf", "adapt-lr-without-adaptation"],
 )
 def test_bad_option(extra, expected, inputs, out, capsys):
     line = register_fails(pair(inputs) + extra, capsys, inputs, out)
@@ -398,7 +403,7 @@ def test_malformed_moving_landmarks(name, text, expected, tmp_path, inputs, out,
 def test_only_one_landmark_file(inputs, out, capsys):
     args = pair(inputs) + FAST + ["--fixed-landmarks", str(inputs / "fixed_points.csv")]
     line = register_fails(args, capsys, inputs, out)
-    assert "--fixed-landmarks/--moving-landmarks: give both or neither" in line
+    assert "--fixed-landmarks" in line and "and --moving-landmarks: give both or neither" in line
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -554,12 +559,13 @@ def test_evaluate_reports_a_missing_file_in_its_row_and_goes_on(tmp_path, inputs
     before = snapshot(inputs)
     rc = main(["evaluate", "--pairs", str(pairs), *FAST, "--out-csv", str(out / "per_pair.csv"),
                "--summary", str(out / "summary.json"), "--quiet"])
-    assert rc == 0, capsys.readouterr().err
+    assert rc == 1  # a row failed: the batch went on, and says so in its exit status
+    assert f"pair 0 (line 2) failed: pair 0 (line 2) moving {missing}: does not exist" in capsys.readouterr().err
     assert snapshot(inputs) == before
     with open(out / "per_pair.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["status"] for row in rows] == ["error", "ok"]
-    assert f"pair 0 moving {missing}: does not exist" in rows[0]["error"]
+    assert f"pair 0 (line 2) moving {missing}: does not exist" in rows[0]["error"]
     assert rows[1]["error"] == "" and float(rows[1]["ncc_after"]) > 0.5
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["pairs"], summary["succeeded"], summary["failed"]) == (2, 1, 1)

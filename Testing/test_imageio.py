@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from metareg.errors import InputError, OutputError
-from metareg.imageio import check_same_dimension, read_image, write_image
+from metareg.imageio import read_image, write_image
 
 SPACING = (0.7, 1.3, 2.5)
 ORIGIN = (-12.5, 30.25, 7.0)
@@ -182,8 +182,3 @@ def test_failed_write_leaves_nothing(tmp_path):
     assert str(path) in str(raised.value)
     assert list(tmp_path.iterdir()) == []
 
-
-def test_check_same_dimension():
-    check_same_dimension(ramp(), ramp(), "--fixed f", "--moving m")
-    with pytest.raises(InputError, match="--fixed f and --moving m: are 3D and 2D"):
-        check_same_dimension(ramp(), ramp((6, 5)), "--fixed f", "--moving m")

@@ -24,8 +24,8 @@ from metareg.losses import LossConfig, registration_loss
 from metareg.modelio import load_model
 from metareg.networks import build_network
 from metareg.tasks import TaskData, adjacent_slice_pairs, load_task
+from metareg.card import GridSpec, ModelCard, Normalisation
 from metareg.training import (
-    ModelSpec,
     Processes,
     ReptileConfig,
     RunFiles,
@@ -40,8 +40,8 @@ from metareg.training import (
 )
 
 TINY = {"family": "unet", "dim": 2, "encoder_channels": [8, 16, 16], "decoder_channels": [16, 16, 16, 8]}
-GRID = {"size": [64, 64], "spacing": None}
-SPEC = ModelSpec(architecture=TINY, grid=GRID, loss=LossConfig(similarity="lncc", regulariser_weight=1.0))
+GRID = GridSpec((64, 64))
+SPEC = ModelCard(architecture=TINY, grid=GRID, loss=LossConfig(similarity="lncc", regulariser_weight=1.0))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -70,7 +70,7 @@ def task_root(tmp_path_factory, sample_dir):
 
 
 def datas(task_root: Path, *names: str) -> list[TaskData]:
-    return [TaskData(load_task(name, task_root), GRID, {}) for name in names]
+    return [TaskData(load_task(name, task_root), GRID, Normalisation()) for name in names]
 
 
 def fresh_network(seed: int = 0):
@@ -81,7 +81,7 @@ def fresh_network(seed: int = 0):
 def test_task_layout_and_tensors(task_root):
     task = load_task("brain-t1", task_root)
     assert task.dimension == 2 and len(task.pairs) >= 10
-    fixed, moving = TaskData(task, GRID, {}).tensors(0)
+    fixed, moving = TaskData(task, GRID, Normalisation()).tensors(0)
     assert fixed.shape == moving.shape == (1, 1, 64, 64)
     assert 0.0 <= float(fixed.min()) and float(fixed.max()) <= 1.0 and float(fixed.std()) > 0.1
 
@@ -128,8 +128,8 @@ def test_training_pairs_can_be_affinely_prealigned(tmp_path, sample_dir):
     sitk.WriteImage(moving, str(folder / "m.nii.gz"))
     (folder / "pairs.csv").write_text("fixed,moving\nf.nii.gz,m.nii.gz\n")
     task = load_task("shifted", tmp_path)
-    plain_fixed, plain_moving = TaskData(task, GRID, {}).tensors(0)
-    aligned_fixed, aligned_moving = TaskData(task, GRID, {}, affine=True).tensors(0)
+    plain_fixed, plain_moving = TaskData(task, GRID, Normalisation()).tensors(0)
+    aligned_fixed, aligned_moving = TaskData(task, GRID, Normalisation(), affine=True).tensors(0)
     torch.testing.assert_close(plain_fixed, aligned_fixed)  # the fixed image is never moved
     before = float(((plain_moving - plain_fixed) ** 2).mean())
     after = float(((aligned_moving - aligned_fixed)[..., 6:-6, 6:-6] ** 2).mean())

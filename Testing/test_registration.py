@@ -175,7 +175,7 @@ def test_diffeomorphic_network_output_does_not_fold():
     assert folding_fraction(jacobian_determinant(raw_field)) > 0.0  # without integration the same weights fold
 
 
-def tiny_model_files(tmp_path, dim=2, prealign=None):
+def tiny_model_files(tmp_path, dim=2, prealign=None, refinement=None):
     network = build_network({"family": "unet", "dim": dim, "encoder_channels": [8, 8], "decoder_channels": [8, 8, 8]})
     torch.manual_seed(1)
     with torch.no_grad():
@@ -185,6 +185,8 @@ def tiny_model_files(tmp_path, dim=2, prealign=None):
             "normalisation": {"method": "percentile", "low": 1.0, "high": 99.0}}
     if prealign is not None:
         card["prealign"] = prealign
+    if refinement is not None:
+        card["refinement"] = refinement
     save_model(network, tmp_path / "tiny.safetensors", card)
     return network, tmp_path / "tiny.safetensors"
 
@@ -207,7 +209,7 @@ def test_model_loads_by_zoo_name_and_rejects_tampering(tmp_path, monkeypatch):
     (tmp_path / "index.json").write_text(json.dumps(
         {"models": [{"name": "tiny-2d", "file": path.name, "sha256": sha256_of(path), "dimension": 2}]}))
     monkeypatch.setenv("METAREG_MODEL_DIR", str(tmp_path))
-    assert load_model("tiny-2d").card["purpose"] == "test"
+    assert load_model("tiny-2d").card.purpose == "test"
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -252,25 +254,21 @@ def test_refinement_starts_from_the_network_and_improves_it(tmp_path, brain2d_kn
     assert refined.report["tre_after"]["mean"] < 0.8 * adapted.report["tre_after"]["mean"]
     assert refined.report["ncc_after"] > adapted.report["ncc_after"]
     grid = Grid.from_image(fixed)  # the same 15 steps from the identity instead of from the network
-    _, fixed_t, moving_t = prepare_pair(fixed, moving, None, model.card["normalisation"], grid=grid)
-    _, identity_curve = register_iterative(fixed_t, moving_t,
-                                           refinement_config(15, losses.LossConfig.from_dict(model.card["loss"])))
+    _, fixed_t, moving_t = prepare_pair(fixed, moving, None, model.card.normalisation, grid=grid)
+    _, identity_curve = register_iterative(fixed_t, moving_t, refinement_config(15, model.card.loss))
     assert refined.loss_curve[30] < identity_curve[0]
-    with pytest.raises(InputError, match="--refine-steps"):
+    with pytest.raises(InputError, match="^refine_steps: refinement starts from a network"):
         register(fixed, moving, refine_steps=5, device="cpu")
-    with pytest.raises(InputError, match="--refine-steps"):
+    with pytest.raises(InputError, match="^refine_steps: must be >= 0, got -1"):
         register(fixed, moving, model=model, refine_steps=-1, device="cpu")
 
 
 def test_the_card_sets_the_default_refinement(tmp_path, brain2d_known_warp):
     fixed, moving, _, _ = brain2d_known_warp
-    _, path = tiny_model_files(tmp_path)
-    card_path = path.with_suffix(".json")
-    card = json.loads(card_path.read_text())
-    card["refinement"] = {"steps": 4, "regulariser_weight": 7.0}
-    card_path.write_text(json.dumps(card))
+    _, path = tiny_model_files(tmp_path, refinement={"steps": 4, "regulariser_weight": 7.0})
     model = load_model(path)
-    config = refinement_config(4, losses.LossConfig("lncc", regulariser_weight=1.0), model.card)
+    config = refinement_config(4, losses.LossConfig("lncc", regulariser_weight=1.0),
+                               model.card.refinement.regulariser_weight)
     assert config.loss.regulariser_weight == 7.0 and config.loss.similarity == "lncc"
     # two thirds at half resolution on 2-voxel B-spline control points, the rest at full resolution on 4-voxel ones
     assert config.iterations == (3, 1) and config.shrink_factors == (2, 1) and config.control_spacing == (2, 4)

@@ -66,7 +66,7 @@ def test_adapting_a_model_to_scene_volumes_saves_a_new_model_with_its_card(scene
     assert len(card["training"]["loss_curve"]) == 4
     assert "tiny3d" in card["purpose"]
     loaded = load_model(path)
-    assert loaded.card["sha256"] == sha256_of(path) != sha256_of(parent_model)
+    assert loaded.card.sha256 == sha256_of(path) != sha256_of(parent_model)
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no training leftovers
     assert all(0.0 <= fraction <= 1.0 for fraction, _ in seen)
     # the scene is unchanged and the new model is offered in the panel's list

@@ -170,7 +170,7 @@ def job_finetune_curve(parent: str, long_steps: int, points: list[int], out: str
             network = load_model(parent).network
             network.load_state_dict(checkpoint["network"])
             network.eval()
-            model = LoadedModel(network=network, card={**parent_model.card, "name": f"{out_path.stem}@{stop}"},
+            model = LoadedModel(network=network, card=parent_model.card.replace(name=f"{out_path.stem}@{stop}"),
                                 weights_path=out_path)
         else:
             model = load_model(out_path)
@@ -187,7 +187,8 @@ def job_train(parent: str | None, tasks: list[str], steps: int, out: str, test_p
     """Train one model in one go (``finetune`` from ``parent``, or ``pretrain`` from scratch) and evaluate it."""
     from metareg.modelio import load_model
     from metareg.tasks import default_data_dir, load_task
-    from metareg.training import ModelSpec, finetune, pretrain
+    from metareg.card import RefinementDefaults
+    from metareg.training import finetune, pretrain
 
     out_path = Path(out)
     fresh_run_files(out_path)
@@ -198,7 +199,10 @@ def job_train(parent: str | None, tasks: list[str], steps: int, out: str, test_p
         finetune(parent, loaded, config, out_path, device="cpu", command=command)
     else:
         # the architecture, grid, normalisation and loss of the zoo's 2D models, fresh weights (seed 0)
-        spec = ModelSpec.from_card(load_model(TRANSFER).card)
+        # (the card's refinement is not carried over: the baseline is a network alone, as the transfer model's
+        # fine-tuned children were before)
+        spec = load_model(TRANSFER).card.replace(name="", sha256="", training={}, metrics={},
+                                                 refinement=RefinementDefaults())
         pretrain(loaded, spec, config, out_path, device="cpu", stage="scratch", command=command,
                  purpose=f"trained from scratch on {', '.join(tasks)} (few-shot benchmark baseline)")
     log = read_loss_log(out_path.with_name(out_path.stem + ".loss.csv"))

@@ -358,12 +358,13 @@ def train_voxelmorph(card_path: str | Path, steps: int, out: str | Path, seed: i
     from metareg.tasks import default_data_dir, load_task
     from metareg.training import PairPool, TaskData, draw_sample, generator
 
-    card = json.loads(Path(card_path).read_text())
-    training = card["training"]
-    grid, normalisation = card["grid"], card["normalisation"]
-    dim = len(grid["size"])
+    from metareg.modelio import read_card
+
+    card = read_card(Path(card_path))
+    training = card.training
+    dim = card.dim
     tasks = [load_task(t["name"], default_data_dir()) for t in training["tasks"]]
-    datas = [TaskData(task, grid, normalisation, affine=(card.get("prealign") or "none") == "affine") for task in tasks]
+    datas = [TaskData(task, card.grid, card.normalisation, affine=card.affine) for task in tasks]
     pool = PairPool(datas)
     augment = AugmentConfig(**training["augment"])
     batch, rate = int(training["batch_size"]), float(training["learning_rate"])
@@ -397,9 +398,9 @@ def train_voxelmorph(card_path: str | Path, steps: int, out: str | Path, seed: i
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     save_file(state, str(out))
     record = {
-        "network": "voxelmorph.nn.models.VxmPairwise (package defaults)", "dim": dim, "grid": grid,
-        "normalisation": normalisation, "prealign": card.get("prealign") or "none",
-        "trained_like": card.get("name"), "tasks": [t["name"] for t in training["tasks"]], "steps": steps,
+        "network": "voxelmorph.nn.models.VxmPairwise (package defaults)", "dim": dim, "grid": card.grid.to_dict(),
+        "normalisation": card.normalisation.to_dict(), "prealign": card.prealign,
+        "trained_like": card.name, "tasks": [t["name"] for t in training["tasks"]], "steps": steps,
         "batch_size": batch, "learning_rate": rate, "augment": augment.to_dict(), "seed": seed,
         "loss": f"-NCC(window {VXM_NCC_WINDOW}) + {VXM_LAMBDA} * L2 grad(velocity)",
         "parameters": int(sum(p.numel() for p in network.parameters())),
@@ -420,6 +421,7 @@ def run_voxelmorph(fixed: sitk.Image, moving: sitk.Image, weights: str | Path, t
     import torch
     from safetensors.torch import load_file
 
+    from metareg.card import GridSpec, Normalisation
     from metareg.geometry import network_displacement_to_field
     from metareg.prealign import affine_prealign
     from metareg.preprocess import prepare_pair
@@ -432,7 +434,8 @@ def run_voxelmorph(fixed: sitk.Image, moving: sitk.Image, weights: str | Path, t
     network.eval()
     started = time.perf_counter()
     prealign = affine_prealign(fixed, moving) if record.get("prealign") == "affine" else None
-    grid, fixed_t, moving_t = prepare_pair(fixed, moving, record["grid"], record["normalisation"], prealign)
+    grid, fixed_t, moving_t = prepare_pair(fixed, moving, GridSpec(**record["grid"]),
+                                           Normalisation(**record["normalisation"]), prealign)
     with torch.no_grad():
         disp = network(moving_t, fixed_t)
     field = network_displacement_to_field(disp, grid, fixed, prealign)

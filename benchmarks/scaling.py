@@ -115,7 +115,9 @@ def _pair_on_grid(dim: int, size: tuple[int, ...], device):
     fixed_name, moving_name = PAIRS[dim]
     fixed = sitk.ReadImage(str(SAMPLES / fixed_name), sitk.sitkFloat32)
     moving = sitk.ReadImage(str(SAMPLES / moving_name), sitk.sitkFloat32)
-    _, fixed_t, moving_t = prepare_pair(fixed, moving, {"size": list(size), "spacing": None}, NORMALISATION)
+    from metareg.card import GridSpec, Normalisation
+
+    _, fixed_t, moving_t = prepare_pair(fixed, moving, GridSpec(tuple(size)), Normalisation(**NORMALISATION))
     return fixed_t.to(device), moving_t.to(device)
 
 

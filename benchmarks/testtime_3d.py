@@ -113,15 +113,17 @@ def train_references(recipes: dict[str, dict], outs: dict[str, str], data_dir: s
     from metareg.augment import AugmentConfig
     from metareg.losses import LossConfig
     from metareg.tasks import TaskData, default_data_dir, load_task
-    from metareg.training import ModelSpec, PairPool, TrainConfig, generator, pretrain
+    from metareg.card import GridSpec, ModelCard, Normalisation
+    from metareg.training import PairPool, TrainConfig, generator, pretrain
 
     first = next(iter(recipes.values()))
     shared = {k: v for k, v in first.items() if k not in ("family", "architecture")}
     if any({k: v for k, v in r.items() if k not in ("family", "architecture")} != shared for r in recipes.values()):
         raise ValueError("the reference networks must share every setting but the architecture")
     tasks = [load_task(name, data_dir or default_data_dir()) for name in first["tasks"]]
-    grid = {"size": first["grid"], "spacing": None}
-    datas = [TaskData(task, grid, first["normalisation"], affine=first["prealign"] == "affine") for task in tasks]
+    grid = GridSpec(tuple(first["grid"]))
+    datas = [TaskData(task, grid, Normalisation(**first["normalisation"]), affine=first["prealign"] == "affine")
+             for task in tasks]
     config = TrainConfig(steps=first["steps"], batch_size=first["batch_size"], learning_rate=first["learning_rate"],
                          augment=AugmentConfig(**first["augment"]), seed=first["seed"], checkpoint_every=0,
                          field_supervision=first["field_supervision"])
@@ -136,8 +138,9 @@ def train_references(recipes: dict[str, dict], outs: dict[str, str], data_dir: s
             drawn.add((id(data), index))
     result = {"prepare_seconds": time.perf_counter() - started, "prepared_pairs": len(drawn), "networks": {}}
     for family, recipe in recipes.items():
-        spec = ModelSpec(architecture=recipe["architecture"], grid=grid, normalisation=recipe["normalisation"],
-                         loss=LossConfig(**recipe["loss"]), prealign=recipe["prealign"])
+        spec = ModelCard(architecture=recipe["architecture"], grid=grid,
+                         normalisation=Normalisation(**recipe["normalisation"]), loss=LossConfig(**recipe["loss"]),
+                         prealign=recipe["prealign"])
         started = time.perf_counter()
         curve = pretrain(tasks, spec, config, Path(outs[family]), device="cpu", stage="pretrain", datas=datas,
                          command=f"benchmarks/testtime_3d.py reference network, recipe {json.dumps(recipe)}",
@@ -301,7 +304,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
                                              device=args.device, **labels_of(p)),
             warmup=lambda p: register(p.fixed, p.moving, model=model, adapt_steps=min(steps, 1), refine_steps=0,
                                       affine=False, device=args.device))
-        table.append(summary_row(label, per_pair[label], grid_text(model.card["grid"]["size"])))
+        table.append(summary_row(label, per_pair[label], grid_text(model.card.grid.size)))
 
     for family, (path, info) in references.items():
         network_rows(f"{FAMILIES[family]['label']} (budget-matched, {args.train_steps} steps)", load_model(path), 0)
@@ -313,7 +316,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     args.load_averages.append(os.getloadavg()[0])
     training = {FAMILIES[f]["label"]: info for f, (_, info) in references.items()}
     notes = notes_for(args, pairs, training, zoo, zoo_reason, iterative, has_labels)
-    zoo_info = {"name": zoo.name, "file": str(zoo.weights_path), "sha256": zoo.card["sha256"]} if zoo else None
+    zoo_info = {"name": zoo.name, "file": str(zoo.weights_path), "sha256": zoo.card.sha256} if zoo else None
     extra = {"has_labels": has_labels, "summary": {name: numbers(rows) for name, rows in per_pair.items()},
              "per_pair": per_pair, "reference_networks": training, "zoo_model": zoo_info,
              "zoo_model_skipped": zoo_reason, "iterative_config": iterative.to_dict(), "task": args.task,
@@ -362,9 +365,9 @@ def notes_for(args, pairs, training, zoo, zoo_reason, iterative, has_labels) -> 
         f"{iterative.loss.regulariser_weight}, on the fixed image's grid.",
     ]
     if zoo is not None:
-        rate = (zoo.card.get("adaptation") or {}).get("learning_rate")
-        notes.append(f"Meta-registration: model {zoo.name} (sha256 {zoo.card['sha256'][:12]}…, stage "
-                     f"{(zoo.card.get('training') or {}).get('stage')}), {args.adapt_steps} test-time Adam steps at "
+        rate = zoo.card.adaptation.learning_rate
+        notes.append(f"Meta-registration: model {zoo.name} (sha256 {zoo.card.sha256[:12]}…, stage "
+                     f"{zoo.card.training.get('stage')}), {args.adapt_steps} test-time Adam steps at "
                      f"learning rate {rate} (from its card) on each pair; the model file is not changed.")
     else:
         notes.append(f"Meta-registration rows LEFT OUT: model {args.model!r} is not available ({zoo_reason}). Rerun "

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from metareg import metrics  # noqa: E402
 from metareg.geometry import map_points  # noqa: E402
 from metareg.landmarks import match_landmarks, read_landmarks  # noqa: E402
+from metareg.card import RefinementDefaults  # noqa: E402
 from metareg.modelio import load_model  # noqa: E402
 from metareg.register import register  # noqa: E402
 from metareg.tasks import default_data_dir, load_task  # noqa: E402
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     models = [load_model(name) for name in args.model]
     if args.refine_weight is not None:
         for model in models:  # in memory only: the card file is not touched
-            model.card["refinement"] = {**model.card.get("refinement", {}), "regulariser_weight": args.refine_weight}
+            model.card = model.card.replace(refinement=RefinementDefaults(model.card.refinement.steps,
+                                                                          args.refine_weight))
     task = load_task(args.task, args.data_dir or default_data_dir())
     pairs = task.pairs[: args.limit] if args.limit else task.pairs
     methods: dict[str, list[dict]] = {}

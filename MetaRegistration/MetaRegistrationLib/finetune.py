@@ -37,10 +37,11 @@ def default_user_model_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / "MetaRegistration" / "models"
 
 
-def user_models(model_dir: str | Path | None = None) -> list[tuple[Path, dict]]:
-    """The models of the user's model folder (2D and 3D): (weights path, card) for every ``.safetensors`` with a
-    readable ``.json`` card, sorted by name. A missing folder has none."""
-    import json
+def user_models(model_dir: str | Path | None = None) -> list:
+    """The models of the user's model folder (2D and 3D): (weights path, :class:`metareg.card.ModelCard`) for every
+    ``.safetensors`` whose ``.json`` card reads and checks, sorted by name. A missing folder has none."""
+    from metareg.errors import ModelError
+    from metareg.modelio import read_card
 
     folder = Path(model_dir) if model_dir else default_user_model_dir()
     found = []
@@ -48,11 +49,9 @@ def user_models(model_dir: str | Path | None = None) -> list[tuple[Path, dict]]:
         return found
     for weights in sorted(folder.glob("*.safetensors")):
         try:
-            card = json.loads(weights.with_suffix(".json").read_text())
-        except (OSError, ValueError):
+            found.append((weights, read_card(weights.with_suffix(".json"))))
+        except ModelError:
             continue
-        if int((card.get("architecture") or {}).get("dim", 3)) in (2, 3):
-            found.append((weights, card))
     return found
 
 

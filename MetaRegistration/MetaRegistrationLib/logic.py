@@ -222,11 +222,10 @@ def card_defaults(model: str | None) -> CardDefaults:
         return CardDefaults()
     try:  # the imports too: before torch is installed there are no defaults yet, and no error
         from metareg.modelio import read_card, resolve_model
-        from metareg.register import refine_steps_by_default
 
         weights, _ = resolve_model(model)
         card = read_card(weights.with_suffix(".json"))
-        return CardDefaults(affine=card.get("prealign") == "affine", refine_steps=refine_steps_by_default(card))
+        return CardDefaults(affine=card.affine, refine_steps=card.refinement.steps)
     except Exception:  # noqa: BLE001 - defaults only
         return CardDefaults()
 
@@ -385,9 +384,8 @@ def model_choices(zoo_dir=None, user_model_dir=None) -> list[Choice]:
         choices.append(Choice(f"{name} — {purpose}" if purpose else name, entry["name"], purpose))
     if user_model_dir is not None:
         for weights, card in finetune.user_models(user_model_dir):
-            purpose = card.get("purpose", "")
-            dim = int((card.get("architecture") or {}).get("dim", 3))
-            name = f"{weights.stem} (my model{', 2D' if dim == 2 else ''})"
+            purpose = card.purpose
+            name = f"{weights.stem} (my model{', 2D' if card.dim == 2 else ''})"
             choices.append(Choice(f"{name} — {purpose}" if purpose else name, str(weights),
                                   f"{purpose}\n{weights}".strip()))
     return choices

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .checks import check_float, check_int
 from .geometry import warp_tensor
 
 
@@ -32,6 +33,13 @@ class AugmentConfig:
     shift_fraction: float = 0.0
     deformation_vox: float = 0.0
     deformation_control_points: int = 5
+
+    def __post_init__(self):
+        check_float(self.rotation_deg, "AugmentConfig.rotation_deg", 0.0, 180.0)
+        check_float(self.scale, "AugmentConfig.scale", 0.0, 0.9)
+        check_float(self.shift_fraction, "AugmentConfig.shift_fraction", 0.0, 1.0)
+        check_float(self.deformation_vox, "AugmentConfig.deformation_vox", 0.0, 1000.0)
+        check_int(self.deformation_control_points, "AugmentConfig.deformation_control_points", 2, 64)
 
     def to_dict(self) -> dict:
         return asdict(self)

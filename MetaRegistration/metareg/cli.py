@@ -30,10 +30,10 @@ import SimpleITK as sitk
 from . import __version__
 from .device import DEVICE_CHOICES
 from .errors import InputError, MetaRegError, OutputError
-from .imageio import (WRITE_FAILED_HINT, atomic_output, check_output_path, check_same_dimension, output_files,
-                      read_image, scratch_folder, shared_file, write_image)
+from .imageio import (WRITE_FAILED_HINT, atomic_output, check_output_path, output_files, read_image, scratch_folder,
+                      shared_file, write_image)
 from .iterative import IterativeConfig
-from .landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
+from .landmarks import Landmarks, read_landmarks, write_landmarks
 from .losses import SIMILARITIES, LossConfig
 from .modelio import default_zoo_dir, load_model, read_index
 
@@ -45,6 +45,69 @@ examples:
                    --fixed-landmarks f.mrk.json --moving-landmarks m.mrk.json --report report.json
   metareg evaluate --pairs pairs.csv --method iterative --out-csv per_pair.csv --summary summary.json
 """
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The library's parameters, as the command line names them
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: The library checks its own arguments and names them as Python parameters; the command line names its options
+#: instead. Inputs that are files are named with their paths (:func:`_input_names`).
+PARAMETER_OPTIONS = {
+    "adapt_steps": "--adapt-steps", "adapt_learning_rate": "--adapt-lr", "refine_steps": "--refine-steps",
+    "affine": "--affine", "model": "--model", "device": "--device",
+    "LossConfig.regulariser_weight": "--smoothness", "LossConfig.similarity": "--similarity",
+    "LossConfig.regulariser": "--regulariser",
+    "IterativeConfig.iterations": "--iterations", "IterativeConfig.shrink_factors": "--iterations",
+    "TrainConfig.steps": "--steps", "TrainConfig.batch_size": "--batch-size", "TrainConfig.learning_rate": "--lr",
+    "TrainConfig.seed": "--seed", "TrainConfig.checkpoint_every": "--checkpoint-every",
+    "TrainConfig.field_supervision": "--field-supervision",
+    "ReptileConfig.steps": "--steps", "ReptileConfig.tasks_per_step": "--tasks-per-step",
+    "ReptileConfig.inner_steps": "--inner-steps", "ReptileConfig.inner_learning_rate": "--inner-lr",
+    "ReptileConfig.inner_batch_size": "--inner-batch-size", "ReptileConfig.outer_learning_rate": "--outer-lr",
+    "ReptileConfig.meta_step_start": "--meta-step-start", "ReptileConfig.meta_step_end": "--meta-step-end",
+    "ReptileConfig.seed": "--seed", "ReptileConfig.checkpoint_every": "--checkpoint-every",
+    "ReptileConfig.level": "--level", "ReptileConfig.outer": "--outer",
+    "AugmentConfig.rotation_deg": "--augment-rotation", "AugmentConfig.scale": "--augment-scale",
+    "AugmentConfig.shift_fraction": "--augment-shift", "AugmentConfig.deformation_vox": "--augment-deformation",
+    "grid.size": "--grid", "grid.spacing": "--spacing", "architecture": "--architecture", "card": "--dim",
+    "fixed": "--fixed", "moving": "--moving", "fixed_landmarks": "--fixed-landmarks",
+    "moving_landmarks": "--moving-landmarks", "fixed_labels": "--fixed-labels", "moving_labels": "--moving-labels",
+}
+_FILE_PARAMETERS = ("fixed", "moving", "fixed_landmarks", "moving_landmarks", "fixed_labels", "moving_labels")
+
+
+def _input_names(args: argparse.Namespace) -> dict[str, str]:
+    """Each library parameter this command's arguments feed, as the user wrote it: ``--fixed f.nii.gz``."""
+    names = dict(PARAMETER_OPTIONS)
+    for parameter in _FILE_PARAMETERS:
+        value = getattr(args, parameter, None)
+        if value:
+            names[parameter] = f"--{parameter.replace('_', '-')} {value}"
+    if getattr(args, "model", None):
+        names["model"] = f"--model {args.model}"
+    return names
+
+
+def rename_parameters(text: str, names: dict[str, str]) -> str:
+    """``text`` (an InputError's input name) with its parameters named as in ``names``, when it consists of parameter
+    names only (``"fixed"``, ``"fixed and moving"``); any other text is returned as it is."""
+    parts = text.split(" and ")
+    if all(part in names for part in parts):
+        return " and ".join(names[part] for part in parts)
+    return text
+
+
+@contextlib.contextmanager
+def _parameters_as_options(names: dict[str, str]):
+    """Re-raise the library's InputErrors with its parameter names replaced by the command line's (``names``)."""
+    try:
+        yield
+    except InputError as error:
+        renamed = rename_parameters(error.input_name, names)
+        if renamed == error.input_name:
+            raise
+        raise type(error)(renamed, error.problem, error.hint) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -281,8 +344,6 @@ def _iterative_config(args: argparse.Namespace) -> IterativeConfig:
             iterations = tuple(int(v) for v in args.iterations.split(","))
         except ValueError:
             raise InputError(f"--iterations {args.iterations}", "must be comma-separated integers, e.g. 100,67,33")
-        if not iterations or min(iterations) < 0:
-            raise InputError(f"--iterations {args.iterations}", "needs non-negative step counts")
     shrink = defaults.shrink_factors
     if len(iterations) != len(shrink):
         shrink = tuple(2**i for i in reversed(range(len(iterations))))
@@ -305,15 +366,15 @@ def _load_method(args: argparse.Namespace):
     if args.model:
         from .errors import ModelError
 
+        for option, given in (("--iterations", args.iterations), ("--similarity", args.similarity),
+                              ("--smoothness", args.smoothness), ("--diffeomorphic", args.diffeomorphic or None)):
+            if given is not None:
+                raise InputError(option, "configures the iterative method; a network uses its card's loss",
+                                 "drop it, or use --method iterative without --model")
         try:
             return load_model(args.model)
         except ModelError as error:
             raise InputError(f"--model {args.model}", str(error)) from None
-    if args.adapt_steps:
-        raise InputError("--adapt-steps", "test-time adaptation needs a network", "give --model, or drop --adapt-steps")
-    if args.refine_steps:
-        raise InputError("--refine-steps", "refinement starts from a network's output",
-                         "give --model, or drop --refine-steps")
     return None
 
 
@@ -329,33 +390,18 @@ def _read_optional_landmarks(path: str | None, option: str) -> Landmarks | None:
 def run_register(args: argparse.Namespace) -> int:
     from .register import register
 
-    fixed = read_image(args.fixed, "--fixed")
-    moving = read_image(args.moving, "--moving")
-    check_same_dimension(fixed, moving, f"--fixed {args.fixed}", f"--moving {args.moving}")
-    fixed_landmarks = _read_optional_landmarks(args.fixed_landmarks, "--fixed-landmarks")
-    moving_landmarks = _read_optional_landmarks(args.moving_landmarks, "--moving-landmarks")
-    if (fixed_landmarks is None) != (moving_landmarks is None):
-        raise InputError("--fixed-landmarks/--moving-landmarks", "give both or neither")
-    if args.mapped_landmarks and fixed_landmarks is None:
+    if args.mapped_landmarks and args.fixed_landmarks is None:
         raise InputError("--mapped-landmarks", "needs --fixed-landmarks")
-    if fixed_landmarks is not None:
-        match_landmarks(fixed_landmarks, moving_landmarks, f"--fixed-landmarks {args.fixed_landmarks}",
-                        f"--moving-landmarks {args.moving_landmarks}")
-    if (args.fixed_labels is None) != (args.moving_labels is None):
-        raise InputError("--fixed-labels/--moving-labels", "give both or neither")
     if args.warped_labels and args.moving_labels is None:
         raise InputError("--warped-labels", "needs --fixed-labels and --moving-labels")
+    fixed = read_image(args.fixed, "--fixed")
+    moving = read_image(args.moving, "--moving")
+    fixed_landmarks = _read_optional_landmarks(args.fixed_landmarks, "--fixed-landmarks")
+    moving_landmarks = _read_optional_landmarks(args.moving_landmarks, "--moving-landmarks")
     fixed_labels = read_image(args.fixed_labels, "--fixed-labels") if args.fixed_labels else None
     moving_labels = read_image(args.moving_labels, "--moving-labels") if args.moving_labels else None
-    for option, path, labels in (("--fixed-labels", args.fixed_labels, fixed_labels),
-                                 ("--moving-labels", args.moving_labels, moving_labels)):
-        if labels is not None:
-            check_same_dimension(fixed, labels, f"--fixed {args.fixed}", f"{option} {path}")
     model = _load_method(args)
-    if model is not None and int(model.network.dim) != fixed.GetDimension():
-        raise InputError(f"--model {args.model}",
-                         f"is a {model.network.dim}-D model but the images are {fixed.GetDimension()}-D",
-                         "pick a model of the images' dimension (`metareg models`) or --method iterative")
+    iterative_config = None if model is not None else _iterative_config(args)
     if args.transform:
         _check_transform_name(args.transform, "--transform")
     outputs = Outputs([("--fixed", args.fixed), ("--moving", args.moving),
@@ -382,8 +428,7 @@ def run_register(args: argparse.Namespace) -> int:
     try:
         result = register(
             fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
-            refine_steps=args.refine_steps,
-            affine=args.affine, iterative_config=None if model is not None else _iterative_config(args),
+            refine_steps=args.refine_steps, affine=args.affine, iterative_config=iterative_config,
             device=args.device, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
             fixed_labels=fixed_labels, moving_labels=moving_labels, progress=events or bar,
         )
@@ -422,22 +467,24 @@ def _one_line(report: dict) -> str:
 # evaluate
 # ---------------------------------------------------------------------------------------------------------------------
 
-RESULT_COLUMNS = ("pair", "fixed", "moving", "status", "ncc_before", "ncc_after", "tre_before_mean_mm",
+RESULT_COLUMNS = ("pair", "line", "fixed", "moving", "status", "ncc_before", "ncc_after", "tre_before_mean_mm",
                   "tre_after_mean_mm", "tre_after_median_mm", "tre_after_p90_mm", "tre_after_max_mm", "n_landmarks",
                   "mean_dice_before", "mean_dice_after",
                   "folding_fraction", "std_log_jacobian", "seconds", "error")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    """Register every row of ``--pairs``; a row that fails (unusable, unreadable, or its registration fails) gets
+    status ``error`` and its message in the CSV, and the batch goes on. Exit status 1 when any row failed."""
     from .register import register
+    from .tasks import PAIR_COLUMNS, read_pair_rows
 
-    from .tasks import PAIR_COLUMNS, read_pairs_csv
-
-    pairs = [vars(pair) for pair in read_pairs_csv(args.pairs)]
+    rows_in = read_pair_rows(args.pairs)
     model = _load_method(args)
+    iterative_config = None if model is not None else _iterative_config(args)
     outputs = Outputs([("--pairs", args.pairs), *_model_inputs(model),
-                       *((f"pair {index} {column}", pair[column]) for index, pair in enumerate(pairs)
-                         for column in PAIR_COLUMNS)])
+                       *((f"--pairs line {row.line} {column}", getattr(row.pair, column)) for row in rows_in
+                         if row.pair is not None for column in PAIR_COLUMNS)])
     box: dict = {}
     outputs.add("--out-csv", args.out_csv, lambda p: _write_csv(box["rows"], p))
     outputs.add("--summary", args.summary, lambda p: _write_json(box["summary"], p, "--summary"))
@@ -445,24 +492,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
     rows = []
     from .progress import progress_bar
 
-    for index, pair in enumerate(progress_bar(pairs, desc="pairs", disable=args.quiet)):
-        row = {"pair": index, "fixed": pair["fixed"], "moving": pair["moving"]}
+    for index, row_in in enumerate(progress_bar(rows_in, desc="pairs", disable=args.quiet)):
+        pair = row_in.pair
+        row = {"pair": index, "line": row_in.line, "fixed": pair.fixed if pair else "", "moving": pair.moving if pair else ""}
         try:
-            fixed = read_image(pair["fixed"], f"pair {index} fixed")
-            moving = read_image(pair["moving"], f"pair {index} moving")
-            check_same_dimension(fixed, moving, f"pair {index} fixed", f"pair {index} moving")
-            fl = read_landmarks(pair["fixed_landmarks"], f"pair {index} fixed_landmarks") if pair["fixed_landmarks"] else None
-            ml = read_landmarks(pair["moving_landmarks"], f"pair {index} moving_landmarks") if pair["moving_landmarks"] else None
-            flab = read_image(pair["fixed_labels"], f"pair {index} fixed_labels") if pair["fixed_labels"] else None
-            mlab = read_image(pair["moving_labels"], f"pair {index} moving_labels") if pair["moving_labels"] else None
-            result = register(
-                fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
-                refine_steps=args.refine_steps, affine=args.affine,
-                iterative_config=None if model is not None else _iterative_config(args),
-                device=args.device, fixed_landmarks=fl, moving_landmarks=ml, fixed_labels=flab, moving_labels=mlab,
-            )
+            if row_in.problem is not None:
+                raise InputError(f"--pairs {args.pairs}", row_in.problem)
+            where = f"pair {index} (line {row_in.line})"
+            names = {**PARAMETER_OPTIONS, **{column: f"{where} {column} {getattr(pair, column)}"
+                                             for column in PAIR_COLUMNS if getattr(pair, column)}}
+            with _parameters_as_options(names):
+                fixed = read_image(pair.fixed, f"{where} fixed")
+                moving = read_image(pair.moving, f"{where} moving")
+                fl = read_landmarks(pair.fixed_landmarks, f"{where} fixed_landmarks") if pair.fixed_landmarks else None
+                ml = read_landmarks(pair.moving_landmarks, f"{where} moving_landmarks") if pair.moving_landmarks else None
+                flab = read_image(pair.fixed_labels, f"{where} fixed_labels") if pair.fixed_labels else None
+                mlab = read_image(pair.moving_labels, f"{where} moving_labels") if pair.moving_labels else None
+                result = register(
+                    fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
+                    refine_steps=args.refine_steps, affine=args.affine, iterative_config=iterative_config,
+                    device=args.device, fixed_landmarks=fl, moving_landmarks=ml, fixed_labels=flab, moving_labels=mlab,
+                )
         except MetaRegError as error:
             row.update(status="error", error=str(error))
+            rows.append(row)
+            continue
+        except (RuntimeError, MemoryError, OSError, ValueError) as error:  # a failure of this pair's work, not of the batch
+            row.update(status="error", error=f"{type(error).__name__}: {_first_line(error)}")
             rows.append(row)
             continue
         report = result.report
@@ -480,10 +536,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     box["rows"] = rows
     box["summary"] = summarise(rows)
     outputs.write()
+    failed = [row for row in rows if row["status"] != "ok"]
     if not args.quiet:
         print(json.dumps(_json_safe(box["summary"]), indent=2))
-    failed = sum(row["status"] != "ok" for row in rows)
-    return 1 if failed == len(rows) else 0
+    for row in failed:
+        print(f"metareg evaluate: pair {row['pair']} (line {row['line']}) failed: {row['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else "no message"
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -491,8 +554,8 @@ def summarise(rows: list[dict]) -> dict:
     ok = [row for row in rows if row["status"] == "ok"]
     summary: dict = {"pairs": len(rows), "succeeded": len(ok), "failed": len(rows) - len(ok)}
     for column in RESULT_COLUMNS:
-        values = [row[column] for row in ok if isinstance(row.get(column), (int, float)) and column not in ("pair",)]
-        if values and column not in ("pair",):
+        values = [row[column] for row in ok if isinstance(row.get(column), (int, float))]
+        if values and column not in ("pair", "line"):
             summary[column] = {"mean": float(np.mean(values)), "sd": float(np.std(values)),
                                "median": float(np.median(values))}
     return summary
@@ -658,7 +721,8 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
     try:
         # a worker (events) dies at once on SIGTERM: its GUI removes the private folder it writes in; a command
         # line run unwinds instead, so that its outputs are rolled back
-        with _warnings_as_events(events), _sigterm_as_interrupt(enabled=events is None):
+        with _warnings_as_events(events), _sigterm_as_interrupt(enabled=events is None), \
+                _parameters_as_options(_input_names(args)):
             return args.handler(args)
     except MetaRegError as error:
         if events is not None:

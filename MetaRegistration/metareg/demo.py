@@ -17,7 +17,7 @@ from .cli import Outputs, ProgressBar, _one_line, _write_json, _write_transform
 from .imageio import atomic_output, read_image, write_image
 from .landmarks import read_landmarks
 from .modelio import load_model
-from .register import refine_steps_by_default, register
+from .register import register
 from .visualize import checkerboard, render_report_png
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
@@ -49,7 +49,7 @@ def method_note(model, adapt_steps: int, refine_steps: int = 0) -> str:
     if model is None:
         return ("Method: the built-in iterative method (multi-resolution optimisation of the displacement field, "
                 "local NCC + smoothness); no network.")
-    prealign = "affine pre-alignment, then " if model.card.get("prealign") == "affine" else ""
+    prealign = "affine pre-alignment, then " if model.card.affine else ""
     adapt = f", adapted to this pair for {adapt_steps} steps" if adapt_steps else ""
     refine = f", then {refine_steps} refinement steps on its field" if refine_steps else ""
     return f"Method: {prealign}the zoo network {model.name}{adapt}{refine}."
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     model = None if model_name == ITERATIVE else load_model(model_name)
     adapt_steps = (DEFAULT_ADAPT_STEPS[args.pair] if args.adapt_steps is None else args.adapt_steps) \
         if model is not None else 0
-    refine_steps = (refine_steps_by_default(model.card) if args.refine_steps is None else args.refine_steps) \
+    refine_steps = (model.card.refinement.steps if args.refine_steps is None else args.refine_steps) \
         if model is not None else 0
     note = method_note(model, adapt_steps, refine_steps)
 

@@ -40,3 +40,12 @@ class OutputError(MetaRegError):
 
 class Cancelled(MetaRegError):
     """The user cancelled the run; nothing was written."""
+
+
+class ParameterError(InputError, ValueError):
+    """A Python parameter of the library has a value it cannot use (negative, NaN, infinite, out of range, wrong type).
+
+    ``input_name`` is the parameter as a Python caller writes it (``"adapt_learning_rate"``,
+    ``"LossConfig.regulariser_weight"``); the CLI names the matching command-line option instead
+    (:data:`metareg.cli.PARAMETER_OPTIONS`), and a model card its field.
+    """

@@ -66,7 +66,7 @@ def read_image(path: str | Path, name: str = "image") -> sitk.Image:
         raise InputError(input_name, problem, f"give {READABLE}") from error
     if image.GetDimension() not in (2, 3):
         raise InputError(input_name, f"is {image.GetDimension()}D", "give a 2D or 3D image")
-    return _checked(_scalar(image, input_name), input_name)
+    return check_image(_scalar(image, input_name), input_name)
 
 
 def write_image(image: sitk.Image, path: str | Path, name: str = "output", compress: bool = True) -> None:
@@ -151,16 +151,6 @@ def _native_stderr() -> Iterator[list[str]]:
             os.close(saved)
             sink.seek(0)
             printed.append(sink.read().decode(errors="replace"))
-
-
-def check_same_dimension(fixed: sitk.Image, moving: sitk.Image, fixed_name: str, moving_name: str) -> None:
-    """Raise InputError unless both images are 2D or both are 3D."""
-    if fixed.GetDimension() != moving.GetDimension():
-        raise InputError(
-            f"{fixed_name} and {moving_name}",
-            f"are {fixed.GetDimension()}D and {moving.GetDimension()}D",
-            "register a 2D image with a 2D image and a 3D image with a 3D image",
-        )
 
 
 #: The NIfTI names of one stem are one family: x.hdr is written with x.img, and ITK's NIfTI reader, asked for
@@ -289,14 +279,15 @@ def _remove_stale_scratch(folder: Path) -> None:
         match = _SCRATCH.match(entry.name)
         try:
             stale = (match is not None and entry.is_dir(follow_symlinks=False)
-                     and entry.stat(follow_symlinks=False).st_mtime < _STARTED and not _running(int(match[1])))
+                     and entry.stat(follow_symlinks=False).st_mtime < _STARTED and not process_running(int(match[1])))
         except OSError:
             continue
         if stale:
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists (True when that cannot be told, as on Windows)."""
     if os.name == "nt":  # os.kill(pid, 0) would end the process there: never guess
         return True
     try:
@@ -511,15 +502,29 @@ def _check_orthonormal(image: sitk.Image, input_name: str) -> None:
                          "resample it onto an orthonormal grid, e.g. with sitk.Resample onto the nearest rotation")
 
 
-def _checked(image: sitk.Image, input_name: str) -> sitk.Image:
+def check_image(image: sitk.Image, input_name: str, min_size: int = 2) -> sitk.Image:
+    """Refuse an image that cannot be registered: not a SimpleITK image, not 2D or 3D, not scalar, a non-orthonormal
+    direction, a 3D single slice, an axis shorter than ``min_size`` voxels, NaN/inf voxels, or constant. Returns it.
+
+    ``input_name`` names the image in errors (a parameter such as ``"fixed"``, or an option and a path).
+    """
+    if not isinstance(image, sitk.Image):
+        raise InputError(input_name, f"must be a SimpleITK image, got {type(image).__name__}",
+                         "read it with metareg.read_image")
+    if image.GetDimension() not in (2, 3):
+        raise InputError(input_name, f"is {image.GetDimension()}D", "give a 2D or 3D image")
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise InputError(input_name, f"has {components} values per voxel", "give a scalar (grey-value) image")
     _check_orthonormal(image, input_name)
     size = image.GetSize()
     if len(size) == 3 and min(size) == 1 and sorted(size)[1] > 1:
         raise InputError(
             input_name, f"is a single slice (size {size})", "pass it as a 2D image, e.g. extracted with sitk.Extract"
         )
-    if min(size) < 2:
-        raise InputError(input_name, f"has size {size}", "every axis needs at least 2 voxels")
+    if min(size) < min_size:
+        raise InputError(input_name, f"has size {size}, too small to register",
+                         f"every axis needs at least {min_size} voxels")
     voxels = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(voxels.dtype, np.floating):
         non_finite = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))

@@ -27,11 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import Cancelled
+from .checks import check_int, check_float
+from .errors import Cancelled, ParameterError
 from .geometry import integrate_velocity, resize_displacement, warp_tensor
 from .losses import LossConfig, registration_loss
 
 ProgressCallback = Callable[[float, str], None]
+
+#: Most pyramid levels, and most Adam steps in one level, a config accepts (the defaults are 3 levels, 100 steps).
+MAX_LEVELS = 8
+MAX_STEPS_PER_LEVEL = 100_000
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,26 @@ class IterativeConfig:
     supersample: bool = True
 
     def __post_init__(self):
-        if len(self.shrink_factors) != len(self.iterations):
-            raise ValueError("shrink_factors and iterations need one entry per level")
-        if self.control_spacing is not None and (len(self.control_spacing) != len(self.iterations)
-                                                 or min(self.control_spacing) < 0):
-            raise ValueError("control_spacing needs one entry >= 0 per level")
+        levels = len(self.iterations)
+        if not 1 <= levels <= MAX_LEVELS:
+            raise ParameterError("IterativeConfig.iterations", f"needs 1 to {MAX_LEVELS} levels, got {levels}")
+        if len(self.shrink_factors) != levels:
+            raise ParameterError("IterativeConfig.shrink_factors",
+                                 f"needs one entry per level of iterations ({levels}), got {len(self.shrink_factors)}")
+        setattr_ = object.__setattr__
+        setattr_(self, "iterations", tuple(check_int(n, "IterativeConfig.iterations", 0, MAX_STEPS_PER_LEVEL)
+                                           for n in self.iterations))
+        setattr_(self, "shrink_factors", tuple(check_int(n, "IterativeConfig.shrink_factors", 1, 64)
+                                               for n in self.shrink_factors))
+        setattr_(self, "learning_rate", check_float(self.learning_rate, "IterativeConfig.learning_rate",
+                                                    maximum=100.0, positive=True))
+        if self.control_spacing is not None:
+            if len(self.control_spacing) != levels:
+                raise ParameterError("IterativeConfig.control_spacing", f"needs one entry per level ({levels})")
+            setattr_(self, "control_spacing", tuple(check_int(n, "IterativeConfig.control_spacing", 0, 64)
+                                                    for n in self.control_spacing))
+        if not isinstance(self.loss, LossConfig):
+            raise ParameterError("IterativeConfig.loss", f"must be a LossConfig, got {type(self.loss).__name__}")
 
     def level_spacings(self) -> tuple[int, ...]:
         """The control-point spacing of each level (0: dense): ``control_spacing``, or by default every 2 voxels on a

@@ -14,6 +14,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .checks import check_choice, check_float, check_int
+from .errors import ParameterError
+
+#: Largest regulariser weight a config accepts (the zoo uses 1-10; beyond this the field is frozen at identity).
+MAX_WEIGHT = 1e4
+#: Largest local NCC window, voxels.
+MAX_NCC_WINDOW = 63
+
 
 def _spatial_dims(x: torch.Tensor) -> int:
     return x.dim() - 2
@@ -164,17 +172,25 @@ class LossConfig:
     ncc_window: int = 9
 
     def __post_init__(self):
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"unknown similarity {self.similarity!r}; choose one of {sorted(SIMILARITIES)}")
-        if self.regulariser not in REGULARISERS:
-            raise ValueError(f"unknown regulariser {self.regulariser!r}; choose one of {sorted(REGULARISERS)}")
+        check_choice(self.similarity, "LossConfig.similarity", SIMILARITIES)
+        check_choice(self.regulariser, "LossConfig.regulariser", REGULARISERS)
+        object.__setattr__(self, "regulariser_weight",
+                           check_float(self.regulariser_weight, "LossConfig.regulariser_weight", 0.0, MAX_WEIGHT))
+        window = check_int(self.ncc_window, "LossConfig.ncc_window", 3, MAX_NCC_WINDOW)
+        if window % 2 == 0:
+            raise ParameterError("LossConfig.ncc_window", f"must be odd, got {window}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "LossConfig":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        """From a card's ``loss`` entry; unknown keys are refused (a misspelt key would silently fall back)."""
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ParameterError(f"LossConfig.{unknown[0]}", f"is not a loss setting (known: "
+                                 f"{', '.join(cls.__dataclass_fields__)})")
+        return cls(**data)
 
 
 def similarity_loss(config: LossConfig, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:

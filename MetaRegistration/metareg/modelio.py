@@ -1,19 +1,10 @@
-"""Model files: ``NAME.safetensors`` (weights) + ``NAME.json`` (the card), loaded without unpickling.
+"""Model files: ``NAME.safetensors`` (weights) + ``NAME.json`` (the card, :class:`metareg.card.ModelCard`), loaded
+without unpickling.
 
-A card is a JSON object that describes its model completely:
-
-``name``            the model's name
-``purpose``         one line for users
-``architecture``    the network config (:func:`metareg.networks.build_network`)
-``grid``            ``{"size": [x, y(, z)] | null, "spacing": [mm...] | null}``: the canonical model grid placed on the
-                    fixed image (null entries: derived from the fixed image, see
-                    :func:`metareg.geometry.model_grid_on_fixed`)
-``normalisation``   intensity preprocessing (:mod:`metareg.preprocess`)
-``loss``            the training loss (:class:`metareg.losses.LossConfig`), also used for test-time adaptation
-``adaptation``      optional defaults for test-time adaptation (``{"learning_rate": ...}``)
-``training``        provenance: data, steps, parent model, loss curve
-``metrics``         measured results, each with the command that measured them
-``sha256``          hex digest of the ``.safetensors`` file
+Two digests tie the pair together: the card's ``sha256`` is that of the weights file, and the weights file's metadata
+holds the digest of the card's settings (:meth:`metareg.card.ModelCard.settings_digest`, key
+:data:`SETTINGS_DIGEST_KEY`). So neither file can be edited or swapped alone: changed weights fail the first check, an
+edited grid, loss or refinement the second. The zoo's ``index.json`` also records each model's weights sha256.
 
 The zoo is a folder with ``index.json`` (``{"models": [{"name", "file", "sha256", ...}]}``) beside the model files:
 ``models/`` of this repository, or the folder named by the environment variable ``METAREG_MODEL_DIR``.
@@ -29,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .card import SETTINGS_FIELDS, ModelCard
 from .errors import ModelError, OutputError
 from .networks import RegistrationNetwork, build_network
 
-CARD_FORMAT_VERSION = 1
+#: Key of the card settings' digest in the weights file's safetensors metadata.
+SETTINGS_DIGEST_KEY = "metareg_card_settings_sha256"
 
 
 def default_zoo_dir() -> Path:
@@ -64,39 +57,38 @@ class LoadedModel:
     """A network rebuilt from its file, with its card and where it came from."""
 
     network: RegistrationNetwork
-    card: dict[str, Any]
+    card: ModelCard
     weights_path: Path
 
     @property
     def name(self) -> str:
-        return str(self.card.get("name", self.weights_path.stem))
+        return self.card.name or self.weights_path.stem
 
 
-def save_model(network: RegistrationNetwork, weights_path: str | Path, card: dict[str, Any]) -> Path:
+def save_model(network: RegistrationNetwork, weights_path: str | Path, card: ModelCard | dict[str, Any]) -> Path:
     """Write ``weights_path`` (.safetensors) and its card (same stem, .json); returns the card path.
 
-    The card's ``architecture`` and ``sha256`` are filled in from the network and the written file. Both files are
-    written to temporary names first and renamed, so a failure leaves no partial model.
+    ``card``: a :class:`ModelCard`, or its fields as a dict (checked as a card). Its ``architecture`` and ``name`` are
+    set from the network and the file name, its ``sha256`` from the written weights, whose metadata keep the digest
+    of the card's settings. Both files are written to temporary names first and renamed, so a failure leaves no
+    partial model.
     """
     weights_path = Path(weights_path)
     if weights_path.suffix != ".safetensors":
         raise OutputError(f"model file {weights_path}: must end in .safetensors")
     if not weights_path.parent.is_dir() or not os.access(weights_path.parent, os.W_OK):
         raise OutputError(f"model file {weights_path}: folder {weights_path.parent} does not exist or is not writable")
+    fields = card.to_dict() if isinstance(card, ModelCard) else dict(card)
+    fields.update(name=weights_path.stem, architecture=dict(network.config), sha256="")
+    card = ModelCard.from_dict(fields, f"the card of {weights_path}")
     card_path = weights_path.with_suffix(".json")
     tmp_weights = weights_path.with_name(f".{weights_path.name}.tmp")
     tmp_card = card_path.with_name(f".{card_path.name}.tmp")
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-        save_file(state, str(tmp_weights), metadata={"format": "pt"})
-        full_card = {
-            "format_version": CARD_FORMAT_VERSION,
-            "name": weights_path.stem,
-            **card,
-            "architecture": dict(network.config),
-            "sha256": sha256_of(tmp_weights),
-        }
-        tmp_card.write_text(json.dumps(full_card, indent=2) + "\n")
+        save_file(state, str(tmp_weights), metadata={"format": "pt", SETTINGS_DIGEST_KEY: card.settings_digest()})
+        card = card.replace(sha256=sha256_of(tmp_weights))
+        tmp_card.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
         umask = os.umask(0)
         os.umask(umask)
         for tmp in (tmp_weights, tmp_card):  # safetensors writes owner-only files; give the usual permissions
@@ -109,18 +101,29 @@ def save_model(network: RegistrationNetwork, weights_path: str | Path, card: dic
     return card_path
 
 
-def read_card(card_path: Path) -> dict[str, Any]:
-    """A model card (JSON), checked to have its architecture and sha256; a clear ModelError otherwise."""
+def read_card(card_path: Path) -> ModelCard:
+    """A model card (JSON), every field checked (:meth:`ModelCard.from_dict`); a clear ModelError otherwise."""
     try:
-        card = json.loads(card_path.read_text())
+        data = json.loads(card_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"model card {card_path} is missing (every .safetensors file needs its .json card)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelError(f"model card {card_path} is not valid JSON: {error}") from None
-    for key in ("architecture", "sha256"):
-        if key not in card:
-            raise ModelError(f"model card {card_path} has no {key!r} entry")
+    except OSError as error:
+        raise ModelError(f"model card {card_path} cannot be read: {error.strerror or error}") from None
+    card = ModelCard.from_dict(data, f"model card {card_path}")
+    if not card.sha256:
+        raise ModelError(f"model card {card_path} has no 'sha256' entry (the digest of its weights)")
     return card
+
+
+def weights_settings_digest(weights_path: Path) -> str | None:
+    """The card settings' digest kept in a weights file's metadata (None when it has none)."""
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            return (handle.metadata() or {}).get(SETTINGS_DIGEST_KEY)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelError(f"model weights {weights_path} cannot be read as safetensors: {error}") from None
 
 
 def read_index(zoo_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -160,25 +163,35 @@ def load_model(name_or_path: str | Path, zoo_dir: Path | None = None, device: st
     """Load a model by zoo name or file path; checks the sha256 and rebuilds the network from its card.
 
     Raises:
-        ModelError: unknown name, missing file or card, sha256 mismatch (tampered or corrupted file), weights that do
-            not fit the card's architecture.
+        ModelError: unknown name, missing file or card, a card field of the wrong type or out of range, sha256
+            mismatch (tampered or corrupted weights), card settings other than those the weights were saved with
+            (edited card), weights that do not fit the card's architecture.
     """
     weights_path, index_sha = resolve_model(str(name_or_path), zoo_dir)
     if not weights_path.exists():
         raise ModelError(f"model weights {weights_path} are missing")
-    card = read_card(weights_path.with_suffix(".json"))
+    card_path = weights_path.with_suffix(".json")
+    card = read_card(card_path)
     actual = sha256_of(weights_path)
-    for source, expected in (("its card", card["sha256"]), ("the zoo index", index_sha)):
+    for source, expected in (("its card", card.sha256), ("the zoo index", index_sha)):
         if expected is not None and expected != actual:
             raise ModelError(
                 f"model weights {weights_path} do not match the sha256 in {source} "
                 f"(expected {expected[:12]}…, file has {actual[:12]}…): the file is corrupted or was modified; "
                 "restore it from the repository or retrain it"
             )
+    digest = weights_settings_digest(weights_path)
+    if digest is None:
+        raise ModelError(f"model weights {weights_path} carry no digest of their card's settings (saved by an earlier "
+                         "metareg): retrain the model, or restore it from the repository")
+    if digest != card.settings_digest():
+        raise ModelError(f"model card {card_path}: its settings ({', '.join(SETTINGS_FIELDS[1:])}) are not those the "
+                         "weights were saved with: the card was edited or belongs to another model; restore it from "
+                         "where the model came from")
     try:
-        network = build_network(card["architecture"])
+        network = build_network(card.architecture)
     except (ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"model card {weights_path.with_suffix('.json')}: bad architecture: {error}") from None
+        raise ModelError(f"model card {card_path}: bad architecture: {error}") from None
     try:
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:

@@ -3,7 +3,7 @@
 :func:`prepare_pair` is the one path from two SimpleITK images to the two tensors a network (or the iterative method)
 sees, used alike by registration and by training.
 
-Normalisation (``card["normalisation"]``): percentile scaling to [0, 1] — the window is computed on the *original*
+Normalisation (a card's :class:`metareg.card.Normalisation`): percentile scaling to [0, 1] — the window is computed on the *original*
 image's voxels (not on the resampled tensor, whose padding would bias it) — then, optionally, histogram equalisation
 (seed 000 equalised every image).
 """
@@ -14,14 +14,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .card import GridSpec, Normalisation
 from .geometry import Grid, image_to_tensor, model_grid_on_fixed, resample_onto
 
-DEFAULT_NORMALISATION = {"method": "percentile", "low": 1.0, "high": 99.0, "histogram_equalisation": False}
 _MAX_SAMPLES = 1_000_000
 _EQUALISATION_BINS = 256
-
-
-PREALIGN_CHOICES = ("none", "affine")  # a model card's "prealign": what every pair gets before the network
 
 
 def intensity_window(image: sitk.Image, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
@@ -49,41 +46,32 @@ def equalise_histogram(tensor: torch.Tensor, bins: int = _EQUALISATION_BINS) -> 
     return cdf[index]
 
 
-def check_normalisation(spec: dict | None) -> dict:
-    """Validate a card's normalisation entry and fill defaults."""
-    spec = {**DEFAULT_NORMALISATION, **(spec or {})}
-    if spec["method"] != "percentile":
-        raise ValueError(f"unknown normalisation method {spec['method']!r} (known: 'percentile')")
-    if not 0.0 <= spec["low"] < spec["high"] <= 100.0:
-        raise ValueError(f"percentile window must satisfy 0 <= low < high <= 100, got {spec['low']}, {spec['high']}")
-    return spec
-
-
-def image_tensor(image: sitk.Image, grid: Grid, normalisation: dict, transform: sitk.Transform | None = None) -> torch.Tensor:
+def image_tensor(image: sitk.Image, grid: Grid, normalisation: Normalisation,
+                 transform: sitk.Transform | None = None) -> torch.Tensor:
     """``image`` sampled on ``grid`` (through ``transform``: grid point → image point) and normalised, ``(1, 1, *S)``."""
-    spec = check_normalisation(normalisation)
     tensor = normalise(image_to_tensor(resample_onto(image, grid, transform)),
-                       intensity_window(image, spec["low"], spec["high"]))
-    return equalise_histogram(tensor) if spec["histogram_equalisation"] else tensor
+                       intensity_window(image, normalisation.low, normalisation.high))
+    return equalise_histogram(tensor) if normalisation.histogram_equalisation else tensor
 
 
 def prepare_pair(
     fixed: sitk.Image,
     moving: sitk.Image,
-    grid_spec: dict | None,
-    normalisation: dict | None,
+    grid_spec: GridSpec | None,
+    normalisation: Normalisation | None,
     prealign: sitk.Transform | None = None,
     grid: Grid | None = None,
 ) -> tuple[Grid, torch.Tensor, torch.Tensor]:
     """The model grid placed on ``fixed`` and both images on it, normalised: ``(grid, fixed_t, moving_t)``.
 
     Args:
-        grid_spec: ``{"size": [...] | None, "spacing": [...] | None}`` (a card's ``grid``), see
-            :func:`metareg.geometry.model_grid_on_fixed`. Ignored when ``grid`` is given.
-        normalisation: a card's ``normalisation``.
+        grid_spec: a card's model grid (:func:`metareg.geometry.model_grid_on_fixed`); None: the fixed image's own
+            grid. Ignored when ``grid`` is given.
+        normalisation: a card's normalisation (None: the default percentile window).
         prealign: optional transform (fixed → moving points) the moving image is sampled through.
     """
     if grid is None:
-        grid_spec = grid_spec or {}
-        grid = model_grid_on_fixed(fixed, size=grid_spec.get("size"), spacing=grid_spec.get("spacing"))
-    return grid, image_tensor(fixed, grid, normalisation or {}), image_tensor(moving, grid, normalisation or {}, prealign)
+        grid_spec = grid_spec or GridSpec()
+        grid = model_grid_on_fixed(fixed, size=grid_spec.size, spacing=grid_spec.spacing)
+    normalisation = normalisation or Normalisation()
+    return grid, image_tensor(fixed, grid, normalisation), image_tensor(moving, grid, normalisation, prealign)

@@ -23,7 +23,10 @@ import torch
 
 from . import metrics
 from .device import describe_device, resolve_device
-from .errors import Cancelled, InputError
+from .card import MAX_REFINE_STEPS
+from .checks import check_float, check_int
+from .errors import Cancelled, InputError, ParameterError
+from .imageio import check_image
 from .geometry import (
     Grid,
     field_to_transform,
@@ -44,10 +47,15 @@ from .preprocess import prepare_pair
 
 ProgressCallback = Callable[[float, str], None]
 
+#: Fewest voxels per axis an image needs to be registered (smaller ones crash the pyramid's smoothing kernels or
+#: leave no voxel inside both images: measured on random 2D and 3D images of 2-8 voxels per axis, 6 was the first
+#: size every method ran; 8 leaves a margin).
+MIN_REGISTRATION_SIZE = 8
+#: Most test-time adaptation steps :func:`register` accepts (the zoo's cards suggest 10).
+MAX_ADAPT_STEPS = 10_000
+
 #: The iterative method works on the fixed image's own grid, coarsened isotropically when it has more voxels than this.
 ITERATIVE_MAX_VOXELS = {2: 512 * 512, 3: 128**3}
-#: Default Adam step size of test-time adaptation when the model card gives none.
-DEFAULT_ADAPT_LEARNING_RATE = 1e-4
 #: Refinement's two levels on the iterative method's grid: (shrink factor, B-spline control spacing in that level's
 #: voxels); the first gets :data:`REFINE_FIRST_LEVEL_SHARE` of the steps, the second the rest. Chosen on brain-mr-3d-test pairs 0-3 (brain-mr-3d-reptile, 30 steps): dense per-voxel
 #: steps at half resolution reached 0.58 mm, these B-spline levels 0.40 mm, and with the moving image supersampled
@@ -123,30 +131,20 @@ def iterative_grid(fixed: sitk.Image, max_voxels: int | None = None) -> Grid:
     return model_grid_on_fixed(fixed, size=[max(2, int(round(n / factor))) for n in size])
 
 
-def card_refinement(card: dict | None) -> dict:
-    """A model card's ``"refinement"`` entry (``{"steps": N, "regulariser_weight": W}``, both optional); ``{}`` when
-    it has none."""
-    return (card or {}).get("refinement") or {}
-
-
-def refinement_config(steps: int, loss: LossConfig, card: dict | None = None) -> IterativeConfig:
+def refinement_config(steps: int, loss: LossConfig, regulariser_weight: float | None = None) -> IterativeConfig:
     """The iterative method as it refines a network's displacement: ``steps`` Adam steps in the levels of
     :data:`REFINE_LEVELS` (two thirds at half resolution with B-spline control points every 2 voxels, the rest at full
     resolution every 4 voxels; moving image supersampled), minimising the model's own loss (similarity and regulariser
-    as on its card), with the regulariser weight of ``card["refinement"]["regulariser_weight"]`` when the card gives
-    one (the MI model's does: with MI's noisier gradients, weight 1 let the refined field fold)."""
-    weight = card_refinement(card).get("regulariser_weight", loss.regulariser_weight)
-    loss = LossConfig(**{**loss.to_dict(), "regulariser_weight": float(weight)})
+    as on its card), with ``regulariser_weight`` instead of the loss's when given (a card's
+    ``refinement.regulariser_weight``; the MI model's has one: with MI's noisier gradients, weight 1 let the refined
+    field fold)."""
+    if regulariser_weight is not None:
+        loss = LossConfig(**{**loss.to_dict(), "regulariser_weight": float(regulariser_weight)})
     steps = int(steps)
     first = int(round(steps * REFINE_FIRST_LEVEL_SHARE))
     return IterativeConfig(shrink_factors=tuple(level[0] for level in REFINE_LEVELS),
                            iterations=(first, steps - first), loss=loss,
                            control_spacing=tuple(level[1] for level in REFINE_LEVELS), supersample=True)
-
-
-def refine_steps_by_default(card: dict) -> int:
-    """The refinement steps a model's card asks for (``card["refinement"]["steps"]``), 0 when it says nothing."""
-    return int(card_refinement(card).get("steps", 0))
 
 
 def adapt_network(
@@ -221,37 +219,15 @@ def register(
         progress: called with (fraction of the whole run in [0, 1], message).
         should_stop: polled often; when it returns True the run raises :class:`Cancelled`.
     """
-    dim = fixed.GetDimension()
-    if moving.GetDimension() != dim:
-        raise InputError("moving image", f"is {moving.GetDimension()}-D but the fixed image is {dim}-D",
-                         "register images of the same dimension")
-    if model is not None and int(model.network.dim) != dim:
-        raise InputError(f"model {model.name}", f"is a {model.network.dim}-D model but the images are {dim}-D",
-                         "pick a model of the images' dimension (`metareg models`) or --method iterative")
-    if model is None and adapt_steps:
-        raise InputError("--adapt-steps", "test-time adaptation needs a network", "give --model, or drop --adapt-steps")
-    if adapt_steps < 0:
-        raise InputError("--adapt-steps", f"must be >= 0, got {adapt_steps}")
-    if model is None and refine_steps:
-        raise InputError("--refine-steps", "refinement starts from a network's output",
-                         "give --model, or drop --refine-steps")
-    if refine_steps is None:
-        refine_steps = refine_steps_by_default(model.card) if model is not None else 0
-    if refine_steps < 0:
-        raise InputError("--refine-steps", f"must be >= 0, got {refine_steps}")
-    if (fixed_labels is None) != (moving_labels is None):
-        raise InputError("fixed/moving labels", "give both label maps or neither")
-    for name, labels in (("fixed labels", fixed_labels), ("moving labels", moving_labels)):
-        if labels is not None and labels.GetDimension() != dim:
-            raise InputError(name, f"is {labels.GetDimension()}-D but the images are {dim}-D")
+    dim, adapt_learning_rate, refine_steps, affine = _check_arguments(
+        fixed, moving, model, adapt_steps, adapt_learning_rate, refine_steps, affine, iterative_config,
+        fixed_landmarks, moving_landmarks, fixed_labels, moving_labels)
     if fixed_labels is not None and not Grid.from_image(fixed_labels).same_as(Grid.from_image(fixed)):
         fixed_labels = resample_onto(fixed_labels, Grid.from_image(fixed), interpolator=sitk.sitkNearestNeighbor,
                                      pixel_type=fixed_labels.GetPixelID())
     matched = None
-    if fixed_landmarks is not None and moving_landmarks is not None:
-        matched = match_landmarks(fixed_landmarks, moving_landmarks)
-    if affine is None:
-        affine = model is not None and model.card.get("prealign") == "affine"
+    if fixed_landmarks is not None:
+        matched = match_landmarks(fixed_landmarks, moving_landmarks, "fixed_landmarks", "moving_landmarks")
     torch_device = resolve_device(device)
     started = time.perf_counter()
     stages = _Stages(progress, {"prealign": 3.0 if affine else 0.0, "preprocess": 0.5, "adaptation": 4.0 if adapt_steps else 0.0,
@@ -266,8 +242,7 @@ def register(
 
     with stages.stage("preprocess", "resampling onto the model grid"):
         if model is not None:
-            grid, fixed_t, moving_t = prepare_pair(fixed, moving, model.card.get("grid"),
-                                                   model.card.get("normalisation"), prealign)
+            grid, fixed_t, moving_t = prepare_pair(fixed, moving, model.card.grid, model.card.normalisation, prealign)
         else:
             grid, fixed_t, moving_t = prepare_pair(fixed, moving, None, None, prealign, grid=iterative_grid(fixed))
         fixed_t, moving_t = fixed_t.to(torch_device), moving_t.to(torch_device)
@@ -275,12 +250,11 @@ def register(
     field_grid = grid  # the grid disp_vox lives on
     if model is not None:
         network = model.network.to(torch_device)
-        loss_config = LossConfig.from_dict(model.card.get("loss", {}))
+        loss_config = model.card.loss
         if adapt_steps:
-            rate = adapt_learning_rate or (model.card.get("adaptation") or {}).get("learning_rate")
             with stages.stage("adaptation", "test-time adaptation") as report:
                 network, loss_curve = adapt_network(
-                    network, fixed_t, moving_t, loss_config, adapt_steps, rate or DEFAULT_ADAPT_LEARNING_RATE,
+                    network, fixed_t, moving_t, loss_config, adapt_steps, adapt_learning_rate,
                     progress=report, should_stop=should_stop,
                 )
         with stages.stage("registration", "network inference"), torch.no_grad():
@@ -290,12 +264,12 @@ def register(
         if refine_steps:
             with stages.stage("refinement", "refining the field") as report:
                 refine_grid = iterative_grid(fixed)
-                _, fixed_r, moving_r = prepare_pair(fixed, moving, None, model.card.get("normalisation"), prealign,
+                _, fixed_r, moving_r = prepare_pair(fixed, moving, None, model.card.normalisation, prealign,
                                                     grid=refine_grid)
                 initial = regrid_displacement(disp_vox.cpu(), grid, refine_grid).to(torch_device)
                 disp_vox, refine_curve = register_iterative(
                     fixed_r.to(torch_device), moving_r.to(torch_device),
-                    refinement_config(refine_steps, loss_config, model.card),
+                    refinement_config(refine_steps, loss_config, model.card.refinement.regulariser_weight),
                     progress=report, should_stop=should_stop, initial=initial,
                 )
                 loss_curve = loss_curve + refine_curve
@@ -342,6 +316,67 @@ def register(
     report_dict["seconds"] = stages.seconds
     report_dict["loss_curve"] = loss_curve
     return RegistrationResult(displacement, warped, jacobian, report_dict, loss_curve, prealign, warped_labels)
+
+
+def _check_arguments(fixed, moving, model, adapt_steps, adapt_learning_rate, refine_steps, affine, iterative_config,
+                     fixed_landmarks, moving_landmarks, fixed_labels, moving_labels):
+    """:func:`register`'s checks of its arguments, before any work; errors name the parameters. Returns the images'
+    dimension and the adaptation rate, refinement steps and pre-alignment with the card's defaults filled in."""
+    check_image(fixed, "fixed", MIN_REGISTRATION_SIZE)
+    check_image(moving, "moving", MIN_REGISTRATION_SIZE)
+    dim = fixed.GetDimension()
+    if moving.GetDimension() != dim:
+        raise InputError("fixed and moving", f"are {dim}D and {moving.GetDimension()}D",
+                         "register a 2D image with a 2D image and a 3D image with a 3D image")
+    if model is not None and not isinstance(model, LoadedModel):
+        raise ParameterError("model", f"must be a loaded model (metareg.load_model), got {type(model).__name__}")
+    if model is not None and model.card.dim != dim:
+        raise InputError("model", f"{model.name} is a {model.card.dim}-D model but the images are {dim}-D",
+                         "pick a model of the images' dimension (`metareg models`) or the iterative method")
+    if model is not None and iterative_config is not None:
+        raise ParameterError("iterative_config", "configures the iterative method, which runs without a model",
+                             "give a model or an iterative config, not both")
+    if iterative_config is not None and not isinstance(iterative_config, IterativeConfig):
+        raise ParameterError("iterative_config", f"must be an IterativeConfig, got {type(iterative_config).__name__}")
+    adapt_steps = check_int(adapt_steps, "adapt_steps", 0, MAX_ADAPT_STEPS)
+    if model is None and adapt_steps:
+        raise ParameterError("adapt_steps", "test-time adaptation needs a network",
+                             "give a model, or no adaptation steps")
+    if adapt_learning_rate is not None:
+        adapt_learning_rate = check_float(adapt_learning_rate, "adapt_learning_rate", maximum=1.0, positive=True)
+        if not adapt_steps:
+            raise ParameterError("adapt_learning_rate", "is the step size of test-time adaptation, which is off",
+                                 "give adaptation steps too, or no learning rate")
+    elif model is not None:
+        adapt_learning_rate = model.card.adaptation.learning_rate
+    if refine_steps is not None:
+        refine_steps = check_int(refine_steps, "refine_steps", 0, MAX_REFINE_STEPS)
+        if model is None and refine_steps:
+            raise ParameterError("refine_steps", "refinement starts from a network's output",
+                                 "give a model, or no refinement steps")
+    refine_steps = refine_steps if refine_steps is not None else (model.card.refinement.steps if model else 0)
+    if affine is None:
+        affine = model is not None and model.card.affine
+    elif not isinstance(affine, bool):
+        raise ParameterError("affine", f"must be True, False or None, got {affine!r}")
+    for name, points in (("fixed_landmarks", fixed_landmarks), ("moving_landmarks", moving_landmarks)):
+        if points is not None and not isinstance(points, Landmarks):
+            raise ParameterError(name, f"must be Landmarks (metareg.read_landmarks), got {type(points).__name__}")
+    if (fixed_landmarks is None) != (moving_landmarks is None):
+        raise InputError("fixed_landmarks and moving_landmarks", "give both or neither")
+    if (fixed_labels is None) != (moving_labels is None):
+        raise InputError("fixed_labels and moving_labels", "give both label maps or neither")
+    for name, labels in (("fixed_labels", fixed_labels), ("moving_labels", moving_labels)):
+        if labels is None:
+            continue
+        if not isinstance(labels, sitk.Image):
+            raise ParameterError(name, f"must be a SimpleITK image, got {type(labels).__name__}")
+        if labels.GetDimension() != dim:
+            raise InputError(name, f"is {labels.GetDimension()}-D but the images are {dim}-D")
+        if labels.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError(name, f"has {labels.GetNumberOfComponentsPerPixel()} values per voxel",
+                             "give a label map: one integer label per voxel")
+    return dim, adapt_learning_rate, refine_steps, affine
 
 
 def overlap_mask(moving: sitk.Image, displacement: sitk.Image) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .card import GridSpec, Normalisation
 from .errors import InputError
 from .imageio import read_image
 from .preprocess import prepare_pair
@@ -59,24 +60,80 @@ class Task:
     info: dict = field(default_factory=dict)
 
 
-def read_pairs_csv(path: str | Path, name: str = "--pairs") -> list[Pair]:
-    """Pairs of a CSV with at least ``fixed,moving`` and optionally the other :data:`PAIR_COLUMNS` (relative paths are
-    relative to the CSV's folder; empty cells are None)."""
+@dataclass
+class PairRow:
+    """One data row of a pairs CSV: its line number, and the pair or why the row cannot be used."""
+
+    line: int
+    pair: Pair | None
+    problem: str | None = None
+
+
+def read_pair_rows(path: str | Path, name: str = "--pairs") -> list[PairRow]:
+    """Every data row of a pairs CSV (at least ``fixed,moving`` and optionally the other :data:`PAIR_COLUMNS`;
+    relative paths are relative to the CSV's folder, empty cells are None, lines starting with ``#`` are comments).
+
+    A row that cannot be used (not UTF-8, more cells than the header, no fixed or moving path) is returned with its
+    problem instead of a pair, so a batch can report it and go on. Raises InputError only for the file as a whole:
+    missing, unreadable, or without a ``fixed,moving`` header.
+    """
     path = Path(path)
+    label = f"{name} {path}"
     if not path.is_file():
-        raise InputError(f"{name} {path}", "does not exist", "give a CSV with columns fixed,moving")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
-    if not rows or "fixed" not in rows[0] or "moving" not in rows[0]:
-        raise InputError(f"{name} {path}", "needs a header with at least the columns fixed,moving")
+        raise InputError(label, "does not exist", "give a CSV with columns fixed,moving")
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as error:
+        raise InputError(label, f"cannot be read ({error.strerror or error})") from None
+    numbered = [(number, line) for number, line in enumerate(lines, start=1)
+                if line.strip() and not line.lstrip().startswith(b"#")]
+    header: list[str] | None = None
+    if numbered:
+        try:
+            header = [cell.strip() for cell in next(csv.reader([numbered[0][1].decode("utf-8-sig")]))]
+        except UnicodeDecodeError:
+            header = None
+    if not header or "fixed" not in header or "moving" not in header:
+        raise InputError(label, "needs a header line with at least the columns fixed,moving (UTF-8 CSV)")
+    unknown = [column for column in header if column not in PAIR_COLUMNS]
+    if unknown:
+        raise InputError(label, f"has unknown columns {', '.join(unknown)}", f"known: {', '.join(PAIR_COLUMNS)}")
 
     def resolve(value: str | None) -> str | None:
-        if not value:
+        if not value or not value.strip():
             return None
-        candidate = Path(value)
+        candidate = Path(value.strip())
         return str(candidate if candidate.is_absolute() else path.parent / candidate)
 
-    return [Pair(*(resolve(row.get(column)) for column in PAIR_COLUMNS)) for row in rows]
+    rows = []
+    for number, raw in numbered[1:]:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            rows.append(PairRow(number, None, f"line {number} is not UTF-8 text (byte {raw[error.start]:#04x} at "
+                                              f"column {error.start + 1}); save the CSV as UTF-8"))
+            continue
+        cells = next(csv.reader([text]))
+        if len(cells) > len(header):
+            rows.append(PairRow(number, None, f"line {number} has {len(cells)} cells, the header {len(header)}"))
+            continue
+        values = dict(zip(header, cells))
+        pair = Pair(**{column: resolve(values.get(column)) for column in PAIR_COLUMNS})
+        missing = [column for column in ("fixed", "moving") if getattr(pair, column) is None]
+        if missing:
+            rows.append(PairRow(number, None, f"line {number} has no {' or '.join(missing)} path"))
+            continue
+        rows.append(PairRow(number, pair))
+    return rows
+
+
+def read_pairs_csv(path: str | Path, name: str = "--pairs") -> list[Pair]:
+    """The pairs of a CSV (:func:`read_pair_rows`), all of whose rows must be usable (training needs every pair)."""
+    rows = read_pair_rows(path, name)
+    for row in rows:
+        if row.problem is not None:
+            raise InputError(f"{name} {path}", row.problem)
+    return [row.pair for row in rows]
 
 
 def load_task(spec: str | Path, data_dir: str | Path | None = None) -> Task:
@@ -163,13 +220,13 @@ class TaskData:
     """A task's pairs prepared on the model grid, cached: ``tensors(i) -> (fixed_t, moving_t)``, each ``(1, 1, *S)``.
 
     Every pair is resampled onto a grid of the card's ``grid`` placed on its fixed image, so all tensors of a task
-    have the same shape when ``grid["size"]`` is given (required for batching). With ``affine=True`` the moving image
+    have the same shape (its ``size`` is required for batching) (required for batching). With ``affine=True`` the moving image
     is first pre-aligned to the fixed one (:func:`metareg.prealign.affine_prealign`, once per pair), as
     :func:`metareg.register.register` does for a model whose card says ``"prealign": "affine"``.
     """
 
-    def __init__(self, task: Task, grid_spec: dict, normalisation: dict, affine: bool = False):
-        if not grid_spec or not grid_spec.get("size"):
+    def __init__(self, task: Task, grid_spec: GridSpec, normalisation: Normalisation, affine: bool = False):
+        if grid_spec is None or grid_spec.size is None:
             raise InputError(f"task {task.name}", "training needs a model grid size (e.g. --grid 128,128)")
         if not task.pairs:
             raise InputError(f"task {task.name}", "has no pairs")
@@ -185,7 +242,7 @@ class TaskData:
     def tensors(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if index not in self._cache:
             fixed, moving = self.task.pairs[index].images()
-            expected = len(self.grid_spec["size"])
+            expected = len(self.grid_spec.size)
             if fixed.GetDimension() != expected or moving.GetDimension() != expected:
                 raise InputError(f"task {self.task.name} pair {index}",
                                  f"has {fixed.GetDimension()}-D images but the model grid is {expected}-D")

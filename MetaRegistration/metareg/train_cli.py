@@ -15,7 +15,7 @@ from .augment import AugmentConfig
 from .errors import InputError
 from .losses import REGULARISERS, SIMILARITIES, LossConfig
 from .networks import FAMILIES
-from .preprocess import PREALIGN_CHOICES
+from .card import PREALIGN_CHOICES
 from .tasks import Task, default_data_dir, load_task
 
 TRAIN_EXAMPLES = """\
@@ -86,7 +86,7 @@ def _augment(args: argparse.Namespace) -> AugmentConfig:
 
 
 def _spec(args: argparse.Namespace):
-    from .training import ModelSpec
+    from .card import GridSpec, ModelCard, Normalisation
 
     if args.dim not in (2, 3):
         raise InputError("--dim", "must be 2 or 3")
@@ -103,9 +103,8 @@ def _spec(args: argparse.Namespace):
         except json.JSONDecodeError as error:
             raise InputError(f"--architecture {args.architecture}", f"is not JSON ({error})") from None
     loss = LossConfig(similarity=args.similarity, regulariser=args.regulariser, regulariser_weight=args.smoothness)
-    normalisation = {"method": "percentile", "low": 1.0, "high": 99.0,
-                     "histogram_equalisation": bool(args.histogram_equalisation)}
-    return ModelSpec(architecture=architecture, grid={"size": size, "spacing": spacing}, normalisation=normalisation,
+    return ModelCard(architecture=architecture, grid=GridSpec(size, spacing),
+                     normalisation=Normalisation(histogram_equalisation=bool(args.histogram_equalisation)),
                      loss=loss, prealign=args.prealign)
 
 
@@ -138,8 +137,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.similarity is not None:
         from .modelio import load_model
 
-        parent_loss = LossConfig.from_dict(load_model(args.model).card.get("loss") or {})
-        loss = LossConfig(**{**parent_loss.to_dict(), "similarity": args.similarity})
+        loss = LossConfig(**{**load_model(args.model).card.loss.to_dict(), "similarity": args.similarity})
     events = getattr(args, "events", None)  # the worker's JSON lines (metareg.worker)
     curve = finetune(args.model, tasks, config, Path(args.out), args.device, args.resume,
                      command=args.record_command or _command_line(), loss=loss, progress=events)

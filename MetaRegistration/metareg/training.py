@@ -37,53 +37,27 @@ import torch
 import torch.distributed as dist
 
 from .augment import AugmentConfig, augment, random_displacement
+from .card import AdaptationDefaults, ModelCard
+from .checks import check_choice, check_float, check_int
 from .device import resolve_device
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, ParameterError
 from .geometry import warp_tensor
+from .imageio import process_running
 from .losses import LossConfig, registration_loss
 from .modelio import load_model, save_model
 from .networks import RegistrationNetwork, build_network, count_parameters
-from .preprocess import PREALIGN_CHOICES, check_normalisation
 from .progress import progress_bar
 from .tasks import Task, TaskData
 
 CHECKPOINT_NAME = "last.pt"
+#: Most optimisation (or meta-) steps a training config accepts.
+MAX_TRAINING_STEPS = 10_000_000
 LOG_COLUMNS = ("step", "loss", "similarity", "regulariser", "field_mse_vox2", "learning_rate", "seconds")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelSpec:
-    """What a trained model is: network config, model grid, normalisation, loss and pre-alignment (all in its card).
-
-    ``prealign`` is ``"none"`` or ``"affine"``: with ``"affine"`` every training pair, and by default every pair the
-    model registers, is first pre-aligned by :func:`metareg.prealign.affine_prealign`, so the network only learns the
-    deformable residual (as VoxelMorph assumes affinely aligned inputs).
-    """
-
-    architecture: dict
-    grid: dict
-    normalisation: dict = field(default_factory=dict)
-    loss: LossConfig = field(default_factory=LossConfig)
-    prealign: str = "none"
-
-    def __post_init__(self):
-        if self.prealign not in PREALIGN_CHOICES:
-            raise InputError("--prealign", f"must be one of {', '.join(PREALIGN_CHOICES)}, got {self.prealign!r}")
-
-    def to_dict(self) -> dict:
-        return {"architecture": self.architecture, "grid": self.grid,
-                "normalisation": check_normalisation(self.normalisation), "loss": self.loss.to_dict(),
-                "prealign": self.prealign}
-
-    @classmethod
-    def from_card(cls, card: dict) -> "ModelSpec":
-        return cls(card["architecture"], card.get("grid") or {}, card.get("normalisation") or {},
-                   LossConfig.from_dict(card.get("loss") or {}), card.get("prealign") or "none")
 
 
 @dataclass
@@ -109,6 +83,16 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     field_supervision: float = 0.0
+
+    def __post_init__(self):
+        check_int(self.steps, "TrainConfig.steps", 1, MAX_TRAINING_STEPS)
+        check_int(self.batch_size, "TrainConfig.batch_size", 1, 1024)
+        check_float(self.learning_rate, "TrainConfig.learning_rate", maximum=1.0, positive=True)
+        check_int(self.seed, "TrainConfig.seed", 0)
+        check_int(self.checkpoint_every, "TrainConfig.checkpoint_every", 0)
+        check_float(self.field_supervision, "TrainConfig.field_supervision", 0.0, 1e4)
+        if not isinstance(self.augment, AugmentConfig):
+            raise ParameterError("TrainConfig.augment", f"must be an AugmentConfig, got {type(self.augment).__name__}")
 
 
 @dataclass
@@ -139,10 +123,20 @@ class ReptileConfig:
     checkpoint_every: int = 50
 
     def __post_init__(self):
-        if self.level not in ("task", "pair"):
-            raise InputError("--level", f"must be 'task' or 'pair', got {self.level!r}")
-        if self.outer not in ("adam", "sgd"):
-            raise InputError("--outer", f"must be 'adam' or 'sgd', got {self.outer!r}")
+        check_choice(self.level, "ReptileConfig.level", ("task", "pair"))
+        check_choice(self.outer, "ReptileConfig.outer", ("adam", "sgd"))
+        check_int(self.steps, "ReptileConfig.steps", 1, MAX_TRAINING_STEPS)
+        check_int(self.tasks_per_step, "ReptileConfig.tasks_per_step", 1, 1024)
+        check_int(self.inner_steps, "ReptileConfig.inner_steps", 1, 10_000)
+        check_int(self.inner_batch_size, "ReptileConfig.inner_batch_size", 1, 1024)
+        for name in ("inner_learning_rate", "outer_learning_rate"):
+            check_float(getattr(self, name), f"ReptileConfig.{name}", maximum=1.0, positive=True)
+        for name in ("meta_step_start", "meta_step_end"):
+            check_float(getattr(self, name), f"ReptileConfig.{name}", 0.0, 1.0)
+        check_int(self.seed, "ReptileConfig.seed", 0)
+        check_int(self.checkpoint_every, "ReptileConfig.checkpoint_every", 0)
+        if not isinstance(self.augment, AugmentConfig):
+            raise ParameterError("ReptileConfig.augment", f"must be an AugmentConfig, got {type(self.augment).__name__}")
 
     def meta_step_size(self, step: int) -> float:
         """β at meta-step ``step`` (SGD outer update): linear from ``meta_step_start`` to ``meta_step_end``."""
@@ -258,14 +252,26 @@ class RunFiles:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    A failed write removes its temporary file; temporary files of killed processes (their pid is in the name and no
+    longer runs) are removed by the next write."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing (SIGKILL)
+        pid = stale.name.removeprefix(f".{path.name}.").removesuffix(".tmp")
+        if pid.isdigit() and int(pid) != os.getpid() and not process_running(int(pid)):
+            stale.unlink(missing_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+    return True
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -408,16 +414,44 @@ def _comparable(config_json: dict) -> dict:
             for key, value in config_json.items()}
 
 
-def _check_resume(checkpoint: dict, config_json: dict, files: RunFiles) -> None:
-    saved = json.loads(checkpoint["config"])
+def _run_settings(card: ModelCard, **settings) -> dict:
+    """What a checkpoint records of its run, and a resumed run must match: the card's settings, the parent model's
+    sha256 (None for a fresh network) and the loop's own settings."""
+    parent = (card.training.get("parent") or {}).get("sha256")
+    return json.loads(json.dumps({"spec": card.settings(), "parent_sha256": parent, **settings}))
+
+
+def _resume_state(files: RunFiles, config_json: dict) -> dict:
+    """The checkpoint a ``--resume`` run continues: it must exist, be a checkpoint of ours, and come from a run with
+    the same settings and the same parent model."""
+    option = f"--resume {files.checkpoint}"
+    if not files.checkpoint.is_file():
+        raise InputError(option, "there is no checkpoint to resume (no run with this --out was interrupted)",
+                         "start without --resume")
+    try:
+        checkpoint = load_checkpoint(files.checkpoint)
+        saved = json.loads(checkpoint["config"])
+        checkpoint["step"] = int(checkpoint["step"])
+        if not isinstance(checkpoint["network"], dict):
+            raise TypeError("its network entry is not a state dict")
+    except Exception as error:  # torch's unpickler raises many kinds for an empty, cut or foreign file
+        raise InputError(option, f"is not a readable training checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:200] if str(error) else 'empty or cut short'})",
+                         f"delete {files.checkpoint_dir} and start without --resume") from None
+    if saved.get("parent_sha256") != config_json.get("parent_sha256"):
+        raise InputError(option, "continues a run from another parent model "
+                         f"(sha256 {str(saved.get('parent_sha256'))[:12]}…, this run's is "
+                         f"{str(config_json.get('parent_sha256'))[:12]}…)",
+                         "resume with the parent the run started from, or start afresh without --resume")
     if _comparable(saved) != _comparable(config_json):
-        raise InputError(f"--resume {files.checkpoint}", "was written by a run with other settings",
+        raise InputError(option, "was written by a run with other settings",
                          "resume with the same options, or start afresh without --resume")
+    return checkpoint
 
 
 def train_loop(
     network: RegistrationNetwork,
-    spec: ModelSpec,
+    card: ModelCard,
     datas: list[TaskData],
     config: TrainConfig,
     files: RunFiles,
@@ -440,11 +474,10 @@ def train_loop(
     if processes.distributed:
         model = torch.nn.parallel.DistributedDataParallel(network)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
-    config_json = json.loads(json.dumps({"spec": spec.to_dict(), "train": asdict(config), "kind": description}))
+    config_json = _run_settings(card, train=asdict(config), kind=description)
     start = 0
-    if resume and files.checkpoint.exists():
-        checkpoint = load_checkpoint(files.checkpoint)
-        _check_resume(checkpoint, config_json, files)
+    if resume:
+        checkpoint = _resume_state(files, config_json)
         network.load_state_dict(checkpoint["network"])
         optimiser.load_state_dict(checkpoint["optimiser"])
         start = int(checkpoint["step"])
@@ -468,7 +501,7 @@ def train_loop(
             else:
                 samples.append(draw_sample(data, index, config.augment, gen))
         optimiser.zero_grad(set_to_none=True)
-        value, parts = _batch_loss(model, samples, spec.loss, processes.device, config.batch_size // processes.world_size,
+        value, parts = _batch_loss(model, samples, card.loss, processes.device, config.batch_size // processes.world_size,
                                    config.field_supervision)
         value.backward()
         optimiser.step()
@@ -540,7 +573,7 @@ def adapt_to_task(
 
 def reptile_loop(
     network: RegistrationNetwork,
-    spec: ModelSpec,
+    card: ModelCard,
     datas: list[TaskData],
     config: ReptileConfig,
     files: RunFiles,
@@ -551,11 +584,10 @@ def reptile_loop(
     """Reptile meta-training (see the module docstring); returns the curve of mean inner-loop losses."""
     network.to(processes.device).train()
     optimiser = torch.optim.Adam(network.parameters(), lr=config.outer_learning_rate) if config.outer == "adam" else None
-    config_json = json.loads(json.dumps({"spec": spec.to_dict(), "reptile": asdict(config)}))
+    config_json = _run_settings(card, reptile=asdict(config))
     start = 0
-    if resume and files.checkpoint.exists():
-        checkpoint = load_checkpoint(files.checkpoint)
-        _check_resume(checkpoint, config_json, files)
+    if resume:
+        checkpoint = _resume_state(files, config_json)
         network.load_state_dict(checkpoint["network"])
         if optimiser is not None:
             optimiser.load_state_dict(checkpoint["optimiser"])
@@ -584,7 +616,7 @@ def reptile_loop(
                 def draw(inner, data=data, index=index, slot=slot):
                     return [draw_sample(data, index, config.augment, generator(config.seed, step, slot, inner))]
 
-            adapted, losses = adapt_to_task(network, draw, config, spec.loss, processes.device)
+            adapted, losses = adapt_to_task(network, draw, config, card.loss, processes.device)
             for name in names:
                 total[name] += adapted[name]
             inner_losses += torch.tensor([losses[-1], 1.0], device=processes.device)
@@ -625,31 +657,30 @@ def _task_summary(tasks: list[Task]) -> list[dict]:
     return [{"name": t.name, "pairs": len(t.pairs), "role": t.role, "domain": t.info.get("domain")} for t in tasks]
 
 
-def _write_model(network: RegistrationNetwork, spec: ModelSpec, files: RunFiles, processes: Processes,
+def _write_model(network: RegistrationNetwork, card: ModelCard, files: RunFiles, processes: Processes,
                  training: dict, purpose: str, adaptation_rate: float) -> None:
     if not processes.main:
         return
-    card = {
-        "purpose": purpose,
-        **{k: v for k, v in spec.to_dict().items() if k != "architecture"},
-        "adaptation": {"learning_rate": adaptation_rate},
-        "training": training,
-        "metrics": {},
-    }
-    save_model(network.cpu(), files.out, card)
+    save_model(network.cpu(), files.out, card.replace(purpose=purpose, training=training, metrics={},
+                                                      adaptation=AdaptationDefaults(adaptation_rate)))
 
 
-def _init_network(spec: ModelSpec, parent: str | None, seed: int) -> tuple[RegistrationNetwork, ModelSpec, dict | None]:
+def _init_network(card: ModelCard | None, parent: str | None, seed: int) -> tuple[RegistrationNetwork, ModelCard, dict | None]:
+    """The network to train and the card it is trained for: the parent's network and card (its settings, refinement
+    included, carry over; its provenance and metrics do not), or a fresh network for ``card``."""
     if parent:
         loaded = load_model(parent)
-        parent_info = {"name": loaded.name, "file": str(loaded.weights_path), "sha256": loaded.card["sha256"],
-                       "stage": (loaded.card.get("training") or {}).get("stage")}
-        return loaded.network, ModelSpec.from_card(loaded.card), parent_info
+        parent_info = {"name": loaded.name, "file": str(loaded.weights_path), "sha256": loaded.card.sha256,
+                       "stage": loaded.card.training.get("stage")}
+        card = loaded.card.replace(name="", sha256="", training={"parent": parent_info}, metrics={})
+        return loaded.network, card, parent_info
+    if card is None:
+        raise InputError("card", "a fresh network needs a card (architecture, grid, ...) or a parent model")
     torch.manual_seed(seed)
-    return build_network(spec.architecture), spec, None
+    return build_network(card.architecture), card, None
 
 
-def pretrain(tasks: list[Task], spec: ModelSpec, config: TrainConfig, out: Path, device: str = "auto",
+def pretrain(tasks: list[Task], card: ModelCard | None, config: TrainConfig, out: Path, device: str = "auto",
              resume: bool = False, parent: str | None = None, stage: str = "pretrain", command: str = "",
              purpose: str = "", stop_after: int | None = None, progress=None, should_stop=None,
              loss: LossConfig | None = None, datas: list[TaskData] | None = None) -> list[float]:
@@ -657,18 +688,18 @@ def pretrain(tasks: list[Task], spec: ModelSpec, config: TrainConfig, out: Path,
 
     ``loss`` replaces the parent's loss when fine-tuning (e.g. mutual information for a multimodal variant); the new
     card records the loss it was trained with, which test-time adaptation then uses. ``datas``: the tasks' pairs
-    already prepared (:class:`metareg.tasks.TaskData` with this spec's grid, normalisation and pre-alignment), to
+    already prepared (:class:`metareg.tasks.TaskData` with this card's grid, normalisation and pre-alignment), to
     share them between several networks trained on the same pairs; built here when None.
     """
     processes = start_processes(device)
     files = RunFiles(out)
-    network, spec, parent_info = _init_network(spec, parent, config.seed)
+    network, card, parent_info = _init_network(card, parent, config.seed)
     if loss is not None:
-        spec = ModelSpec(spec.architecture, spec.grid, spec.normalisation, loss, spec.prealign)
+        card = card.replace(loss=loss)
     if datas is None:
-        datas = [TaskData(task, spec.grid, spec.normalisation, affine=spec.prealign == "affine") for task in tasks]
+        datas = [TaskData(task, card.grid, card.normalisation, affine=card.affine) for task in tasks]
     started = time.perf_counter()
-    curve = train_loop(network, spec, datas, config, files, processes, resume, stage, stop_after, progress, should_stop)
+    curve = train_loop(network, card, datas, config, files, processes, resume, stage, stop_after, progress, should_stop)
     if stop_after is not None and stop_after < config.steps:
         return curve
     training = {
@@ -679,7 +710,7 @@ def pretrain(tasks: list[Task], spec: ModelSpec, config: TrainConfig, out: Path,
         "final_loss": float(np.mean(curve[-20:])) if curve else None, "loss_curve": _curve_for_card(curve),
         "loss_log": files.log.name, "command": command,
     }
-    _write_model(network, spec, files, processes, training, purpose or f"{stage} on {', '.join(t.name for t in tasks)}",
+    _write_model(network, card, files, processes, training, purpose or f"{stage} on {', '.join(t.name for t in tasks)}",
                  config.learning_rate)
     return curve
 
@@ -700,18 +731,18 @@ def finetune(parent: str, tasks: list[Task], config: TrainConfig, out: Path, dev
                     stop_after=stop_after, progress=progress, should_stop=should_stop, loss=loss)
 
 
-def metatrain(tasks: list[Task], spec: ModelSpec | None, config: ReptileConfig, out: Path, device: str = "auto",
+def metatrain(tasks: list[Task], card: ModelCard | None, config: ReptileConfig, out: Path, device: str = "auto",
               resume: bool = False, parent: str | None = None, command: str = "",
               stop_after: int | None = None) -> list[float]:
     """Reptile meta-training from ``parent`` (or a fresh network); writes ``out`` + card."""
     processes = start_processes(device)
     files = RunFiles(out)
-    network, spec, parent_info = _init_network(spec, parent, config.seed)
-    datas = [TaskData(task, spec.grid, spec.normalisation, affine=spec.prealign == "affine") for task in tasks]
+    network, card, parent_info = _init_network(card, parent, config.seed)
+    datas = [TaskData(task, card.grid, card.normalisation, affine=card.affine) for task in tasks]
     if config.level == "task" and len(datas) < 2:
         raise InputError("--tasks", "task-level Reptile needs at least two tasks (domains)")
     started = time.perf_counter()
-    curve = reptile_loop(network, spec, datas, config, files, processes, resume, stop_after)
+    curve = reptile_loop(network, card, datas, config, files, processes, resume, stop_after)
     if stop_after is not None and stop_after < config.steps:
         return curve
     training = {
@@ -723,9 +754,9 @@ def metatrain(tasks: list[Task], spec: ModelSpec | None, config: ReptileConfig, 
     }
     purpose = (f"Reptile ({config.level} level) on {', '.join(t.name for t in tasks)}: an initialisation that adapts "
                f"in {config.inner_steps} steps")
-    _write_model(network, spec, files, processes, training, purpose, config.inner_learning_rate)
+    _write_model(network, card, files, processes, training, purpose, config.inner_learning_rate)
     return curve
 
 
-__all__ = ["ModelSpec", "TrainConfig", "ReptileConfig", "pretrain", "finetune", "metatrain", "reptile_update",
+__all__ = ["TrainConfig", "ReptileConfig", "pretrain", "finetune", "metatrain", "reptile_update",
            "adapt_to_task", "generator", "save_checkpoint", "load_checkpoint"]
