@@ -422,3 +422,38 @@ def test_scratch_folders_of_dead_runs_are_removed_on_the_next_run(d, out, capsys
         os.utime(folder, (time.time() - 3600, time.time() - 3600))
     assert main(register(d, *FAST, "--warped", str(out / "warped.nii.gz"))) == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == sorted([alive.name, other.name, "warped.nii.gz"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# S3. Ctrl-C while the engine loads; an output name too long for the file system
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_while_the_command_starts_prints_one_line(d, out):
+    """SIGINT while ``metareg`` still imports torch and SimpleITK: one line, status 130, nothing written. The
+    command is the installed console script, as a user runs it; the signal goes at several moments of the start."""
+    script = Path(sys.executable).with_name("metareg")
+    argv = [str(script), *register(d, *FAST, "--warped", str(out / "warped.nii.gz"))]
+    before = state(d, out)
+    seen_message = False
+    for delay in (0.3, 0.6, 1.0):
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+        assert "Traceback" not in stderr, stderr
+        assert process.returncode in (130, -signal.SIGINT), (process.returncode, stderr)
+        if process.returncode == 130:
+            lines = [line for line in stderr.splitlines() if line.strip() and "%" not in line]
+            assert len(lines) == 1 and ("interrupted" in lines[0]), stderr
+            seen_message = True
+        assert state(d, out) == before
+    assert seen_message, "no interrupt reached the command while it was running"
+
+
+def test_an_output_name_too_long_for_the_file_system_is_refused_before_the_work(d, out, capsys):
+    long_name = "w" * 246 + ".nii.gz"  # 253 bytes: the file itself would fit, its temporary name would not
+    expected = f"its file name is 253 bytes long; at most {os.pathconf(out, 'PC_NAME_MAX') - 5} can be written"
+    refused_in_process(register(d, *FAST, "--warped", str(out / long_name)), capsys, expected, d, out)
+    refused_in_process(register(d, *FAST, "--warped", str(out / ("w" * 300 + ".nii.gz"))), capsys,
+                       "is 307 bytes long", d, out)

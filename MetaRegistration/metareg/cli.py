@@ -712,8 +712,14 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
     ``events``: a :class:`metareg.worker.JsonLines` when a GUI runs the engine as a child process (``register`` and
     ``finetune`` then report progress, the result and errors as JSON lines instead of a bar and messages).
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        from .console import INTERRUPTED_AT_START
+
+        print(INTERRUPTED_AT_START, file=sys.stderr)
+        return 130
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

@@ -188,6 +188,12 @@ def check_output_path(path: str | Path, name: str, inputs: Iterable[tuple[str, s
     count): the same path, or the same file through a symbolic or hard link.
     """
     target = Path(path)
+    limit = _name_max(target.parent) - len(".") - len(".tmp")  # a file is written through ".<name>.tmp" or a folder
+    for file in output_files(target):
+        length = len(os.fsencode(file.name))
+        if length > limit:
+            raise OutputError(f"{name} {target}: its file name{'' if file == target else f' {file.name}'} is {length} "
+                              f"bytes long; at most {limit} can be written on this file system (give a shorter name)")
     if target.is_dir():
         raise OutputError(f"{name} {target}: is a folder (give a file name)")
     if not target.parent.is_dir():
@@ -265,9 +271,25 @@ def scratch_folder(target: Path, name: str) -> Path:
     folder = target.parent
     _remove_stale_scratch(folder)
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{target.name}.metareg-{os.getpid()}-", suffix=".partial", dir=folder))
+        return Path(tempfile.mkdtemp(prefix=f".{_shortened(target.name)}.metareg-{os.getpid()}-", suffix=".partial",
+                                     dir=folder))
     except OSError as error:
         raise OutputError(f"{name} {target}: cannot write in {folder} ({error.strerror or error})") from error
+
+
+def _shortened(file_name: str, limit: int = 100) -> str:
+    """``file_name`` cut to at most ``limit`` bytes (whole characters), for the name of a scratch folder beside it."""
+    while len(os.fsencode(file_name)) > limit:
+        file_name = file_name[:-1]
+    return file_name
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` allows (255 when it cannot be asked)."""
+    try:
+        return int(os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 def _remove_stale_scratch(folder: Path) -> None:
