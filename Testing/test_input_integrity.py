@@ -220,3 +220,67 @@ def test_whole_inputs_register(tmp_path, folders):
                "--warped", str(out / "warped.nii.gz"), *FAST])
     assert rc == 0
     assert (out / "warped.nii.gz").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# S4: the real reason, and the right hint (a singular orientation; not enough memory)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _nifti_with_sform(path: Path, rows) -> Path:
+    """A NIfTI-1 file whose orientation is only its sform (qform_code 0, sform_code 1) with these rows."""
+    import struct
+
+    write(blobs(), path, compress=False)
+    header = bytearray(path.read_bytes())
+    struct.pack_into("<hh", header, 252, 0, 1)  # qform_code, sform_code
+    for offset, row in zip((280, 296, 312), rows):
+        struct.pack_into("<4f", header, offset, *row)
+    path.write_bytes(bytes(header))
+    return path
+
+
+@pytest.mark.parametrize("rows", [[(0, 0, 0, 0)] * 3, [(1, 0, 0, 0), (1, 0, 0, 0), (0, 0, 1, 0)]],
+                         ids=["all-zero", "two-equal-axes"])
+def test_a_singular_orientation_says_so_and_does_not_blame_the_format(capsys, folders, rows):
+    inputs, out = folders
+    moving = _nifti_with_sform(inputs / "singular.nii", rows)
+    line = refused(capsys, inputs, out, moving)
+    assert "has an orientation in its header that is not a rotation: its direction matrix is singular" in line
+    assert "ITK only supports orthonormal direction cosines" in line  # ITK's own reason, whole
+    assert "fix the orientation in the header" in line and "PNG/JPEG" not in line
+
+
+_UNDER_A_MEMORY_LIMIT = """
+import resource, sys
+import SimpleITK as sitk
+from metareg.errors import MetaRegError
+from metareg.imageio import read_image, write_image
+image = sitk.Image([200, 200, 200], sitk.sitkFloat32) + 1.0 if sys.argv[1] == "write" else None
+in_use = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (in_use + 20 * 2**20, resource.RLIM_INFINITY))
+try:
+    read_image(sys.argv[2], "--fixed") if sys.argv[1] == "read" else write_image(image, sys.argv[2], "--warped")
+except MetaRegError as error:
+    print(error)
+"""
+
+
+@pytest.mark.parametrize("operation", ["read", "write"])
+def test_out_of_memory_is_reported_as_memory_not_as_a_format(tmp_path, operation):
+    """A real allocation failure (an address-space limit 20 MB above what the process uses) while reading or
+    writing a 32-100 MB image: the message says memory and what to do, and no output appears."""
+    import subprocess
+    import sys
+
+    big = tmp_path / "big.nii"
+    if operation == "read":
+        sitk.WriteImage(sitk.Image([300, 300, 300], sitk.sitkFloat32) + 1.0, str(big))
+    target = big if operation == "read" else tmp_path / "warped.nii.gz"
+    before = hashes(tmp_path)
+    done = subprocess.run([sys.executable, "-c", _UNDER_A_MEMORY_LIMIT, operation, str(target)], capture_output=True,
+                          text=True, timeout=120)
+    message = done.stdout.strip()
+    assert "memory" in message and "free memory (close other programs), or crop or downsample" in message, done
+    assert "format" not in message and "PNG/JPEG" not in message
+    assert hashes(tmp_path) == before  # the input unchanged; no output, no scratch folder

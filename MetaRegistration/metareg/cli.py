@@ -736,6 +736,18 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
         else:
             print(f"metareg {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as error:  # torch's and ITK's allocation failures; other errors are bugs
+        from .imageio import MEMORY_HINT, _out_of_memory, _sitk_message
+
+        if not _out_of_memory(error):
+            raise
+        message = f"not enough memory for this {args.command} ({_sitk_message(error)[:300]}); no outputs were " \
+                  f"written; {MEMORY_HINT}, or run it on --device cpu if a GPU ran out"
+        if events is not None:
+            events.emit("error", message=message, details="", kind="MemoryError")
+        else:
+            print(f"metareg {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as interrupt:
         how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         print(f"metareg {args.command}: {how}; no outputs were written", file=sys.stderr)

@@ -61,9 +61,8 @@ def read_image(path: str | Path, name: str = "image") -> sitk.Image:
         _check_whole(path, input_name)
     try:
         image = _read_dicom_series(path, input_name) if path.is_dir() else sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        problem = f"cannot be read as an image ({_sitk_message(error)})"
-        raise InputError(input_name, problem, f"give {READABLE}") from error
+    except (RuntimeError, MemoryError) as error:
+        raise InputError(input_name, *_read_failure(error)) from error
     if image.GetDimension() not in (2, 3):
         raise InputError(input_name, f"is {image.GetDimension()}D", "give a 2D or 3D image")
     return check_image(_scalar(image, input_name), input_name)
@@ -84,14 +83,23 @@ def write_image(image: sitk.Image, path: str | Path, name: str = "output", compr
         with _native_stderr() as printed:
             try:
                 sitk.WriteImage(image, str(temporary), useCompression=bool(compress))
-            except RuntimeError as error:
+            except (RuntimeError, MemoryError) as error:
+                message = _sitk_message(error)
+                if _out_of_memory(error):
+                    raise OutputError(f"{name} {path}: there is not enough memory to write this "
+                                      f"{image.GetDimension()}D image of {image.GetSize()} voxels ({message}); "
+                                      f"nothing was replaced; {MEMORY_HINT}") from error
                 full = any(reason in str(error) for reason in ("No space left", "File too large", "quota"))
                 raise OutputError(
                     f"{name} {path}: SimpleITK cannot write this {image.GetDimension()}D "
-                    f"{image.GetPixelIDTypeAsString()} image there ({_sitk_message(error)}) "
+                    f"{image.GetPixelIDTypeAsString()} image there ({message}) "
                     f"({WRITE_FAILED_HINT if full else 'use a format that holds it, e.g. .nii.gz, .nrrd or .mha'})"
                 ) from error
-        _check_written(image, temporary, f"{name} {path}", printed)
+        try:
+            _check_written(image, temporary, f"{name} {path}", printed)
+        except MemoryError as error:
+            raise OutputError(f"{name} {path}: there is not enough memory to read the written file back and check "
+                              f"it; nothing was replaced; {MEMORY_HINT}") from error
 
 
 #: What an output that did not reach the disk whole says to do.
@@ -559,7 +567,34 @@ def check_image(image: sitk.Image, input_name: str, min_size: int = 2) -> sitk.I
     return image
 
 
-def _sitk_message(error: RuntimeError) -> str:
-    """The informative last line of a SimpleITK exception, without its source-file preamble."""
+#: What an image that does not fit in memory says to do.
+MEMORY_HINT = "free memory (close other programs), or crop or downsample the image first"
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure (Python's, ITK's, or torch's on CPU or GPU)."""
+    text = str(error)
+    return isinstance(error, MemoryError) or any(sign in text for sign in ("allocate", "bad_alloc", "out of memory"))
+
+
+def _read_failure(error: BaseException) -> tuple[str, str]:
+    """The problem and the hint for an image SimpleITK failed to read: out of memory, an orientation ITK refuses (a
+    singular or sheared direction in the header), or a format or file it cannot read."""
+    message = _sitk_message(error)
+    if _out_of_memory(error):
+        return f"does not fit in the memory available ({message})", MEMORY_HINT
+    if "orthonormal" in str(error) or "direction cosines" in str(error):
+        return (f"has an orientation in its header that is not a rotation: its direction matrix is singular or "
+                f"sheared ({message})",
+                "fix the orientation in the header (NIfTI: qform/sform), e.g. re-export it from its source")
+    return f"cannot be read as an image ({message})", f"give {READABLE}"
+
+
+def _sitk_message(error: BaseException) -> str:
+    """A SimpleITK exception's message without its preamble (the throwing function, the C++ source file and line):
+    every line that says why, joined."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1].removeprefix("sitk::ERROR:").strip() if lines else type(error).__name__
+    reasons = [line.removeprefix("sitk::ERROR:").strip() for line in lines
+               if not line.startswith("Exception thrown in") and not re.search(r"\.(cxx|hxx|h|cpp):\d+:?$", line)]
+    reasons = [reason for reason in reasons if reason]
+    return " ".join(reasons) if reasons else (lines[-1] if lines else type(error).__name__)
