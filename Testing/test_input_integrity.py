@@ -284,3 +284,37 @@ def test_out_of_memory_is_reported_as_memory_not_as_a_format(tmp_path, operation
     assert "memory" in message and "free memory (close other programs), or crop or downsample" in message, done
     assert "format" not in message and "PNG/JPEG" not in message
     assert hashes(tmp_path) == before  # the input unchanged; no output, no scratch folder
+
+
+_REGISTER_UNDER_A_MEMORY_LIMIT = """
+import resource, sys
+import torch
+from metareg.cli import main
+torch.set_num_threads(1)
+in_use = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (in_use + 300 * 2**20, resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_out_of_memory_while_registering_is_one_line(tmp_path):
+    """torch cannot allocate the pyramid of a 160^3 pair under an address-space limit: one line, exit 2, no output."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    for name in ("fixed", "moving"):
+        sitk.WriteImage(sitk.GetImageFromArray(rng.random((160, 160, 160)).astype(np.float32)),
+                        str(tmp_path / f"{name}.nii.gz"))
+    out = tmp_path / "out"
+    out.mkdir()
+    before = hashes(tmp_path)
+    done = subprocess.run([sys.executable, "-c", _REGISTER_UNDER_A_MEMORY_LIMIT, "register",
+                           "--fixed", str(tmp_path / "fixed.nii.gz"), "--moving", str(tmp_path / "moving.nii.gz"),
+                           "--iterations", "2,2,2", "--warped", str(out / "warped.nii.gz"), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("metareg register: error: not enough memory for this register (")
+    assert "no outputs were written; free memory" in lines[0]
+    assert hashes(tmp_path) == before

@@ -737,12 +737,13 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
             print(f"metareg {args.command}: error: {error}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as error:  # torch's and ITK's allocation failures; other errors are bugs
-        from .imageio import MEMORY_HINT, _out_of_memory, _sitk_message
+        from .imageio import MEMORY_HINT, is_out_of_memory, _sitk_message
 
-        if not _out_of_memory(error):
+        if not is_out_of_memory(error):
             raise
-        message = f"not enough memory for this {args.command} ({_sitk_message(error)[:300]}); no outputs were " \
-                  f"written; {MEMORY_HINT}, or run it on --device cpu if a GPU ran out"
+        gpu = "CUDA" in str(error) or "MPS" in str(error)
+        message = (f"not enough {'GPU ' if gpu else ''}memory for this {args.command} ({_sitk_message(error)[:300]}); "
+                   f"no outputs were written; {'run it with --device cpu, or ' if gpu else ''}{MEMORY_HINT}")
         if events is not None:
             events.emit("error", message=message, details="", kind="MemoryError")
         else:

@@ -85,7 +85,7 @@ def write_image(image: sitk.Image, path: str | Path, name: str = "output", compr
                 sitk.WriteImage(image, str(temporary), useCompression=bool(compress))
             except (RuntimeError, MemoryError) as error:
                 message = _sitk_message(error)
-                if _out_of_memory(error):
+                if is_out_of_memory(error):
                     raise OutputError(f"{name} {path}: there is not enough memory to write this "
                                       f"{image.GetDimension()}D image of {image.GetSize()} voxels ({message}); "
                                       f"nothing was replaced; {MEMORY_HINT}") from error
@@ -571,7 +571,7 @@ def check_image(image: sitk.Image, input_name: str, min_size: int = 2) -> sitk.I
 MEMORY_HINT = "free memory (close other programs), or crop or downsample the image first"
 
 
-def _out_of_memory(error: BaseException) -> bool:
+def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is an allocation failure (Python's, ITK's, or torch's on CPU or GPU)."""
     text = str(error)
     return isinstance(error, MemoryError) or any(sign in text for sign in ("allocate", "bad_alloc", "out of memory"))
@@ -581,7 +581,7 @@ def _read_failure(error: BaseException) -> tuple[str, str]:
     """The problem and the hint for an image SimpleITK failed to read: out of memory, an orientation ITK refuses (a
     singular or sheared direction in the header), or a format or file it cannot read."""
     message = _sitk_message(error)
-    if _out_of_memory(error):
+    if is_out_of_memory(error):
         return f"does not fit in the memory available ({message})", MEMORY_HINT
     if "orthonormal" in str(error) or "direction cosines" in str(error):
         return (f"has an orientation in its header that is not a rotation: its direction matrix is singular or "
