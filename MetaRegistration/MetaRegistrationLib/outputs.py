@@ -70,7 +70,8 @@ def results_line(report: dict) -> str:
     if report.get("tre_before"):
         before, after = report["tre_before"], report["tre_after"]
         parts.append(f"TRE {before['mean']:.2f} → {after['mean']:.2f} mm (mean of {before['n']})")
-    parts.append(f"NCC {report['ncc_before']:.3f} → {report['ncc_after']:.3f}")
+    if report["ncc_before"] is not None:
+        parts.append(f"NCC {report['ncc_before']:.3f} → {report['ncc_after']:.3f}")
     labels = report.get("labels")
     if labels and labels.get("mean_dice_after") is not None:
         parts.append(f"Dice {labels['mean_dice_before']:.3f} → {labels['mean_dice_after']:.3f}")

@@ -452,7 +452,8 @@ def run_register(args: argparse.Namespace) -> int:
 
 
 def _one_line(report: dict) -> str:
-    parts = [f"NCC {report['ncc_before']:.3f} → {report['ncc_after']:.3f}"]
+    parts = [f"NCC {report['ncc_before']:.3f} → {report['ncc_after']:.3f}" if report["ncc_before"] is not None
+             else "NCC: the images share no region"]
     if report.get("tre_before"):
         parts.append(f"TRE {report['tre_before']['mean']:.2f} → {report['tre_after']['mean']:.2f} mm")
     if report.get("labels") and report["labels"]["mean_dice_after"] is not None:
@@ -727,7 +728,7 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
     try:
         # a worker (events) dies at once on SIGTERM: its GUI removes the private folder it writes in; a command
         # line run unwinds instead, so that its outputs are rolled back
-        with _warnings_as_events(events), _sigterm_as_interrupt(enabled=events is None), \
+        with _warnings_as_events(events, args.command), _sigterm_as_interrupt(enabled=events is None), \
                 _parameters_as_options(_input_names(args)):
             return args.handler(args)
     except MetaRegError as error:
@@ -782,15 +783,16 @@ def _sigterm_as_interrupt(enabled: bool = True):
 
 
 @contextlib.contextmanager
-def _warnings_as_events(events):
-    """Python warnings become ``log`` events while a worker runs (a GUI shows them); unchanged otherwise."""
-    if events is None:
-        yield
-        return
+def _warnings_as_events(events, command: str = "metareg"):
+    """Python warnings become ``log`` events while a worker runs (a GUI shows them), and one line each on stderr
+    (``metareg register: warning: ...``) otherwise."""
     import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):
-        events.emit("log", level="warning", message=f"{category.__name__}: {message}")
+        if events is not None:
+            events.emit("log", level="warning", message=f"{category.__name__}: {message}")
+        else:
+            print(f"metareg {command}: warning: {message}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.showwarning = show

@@ -49,3 +49,8 @@ class ParameterError(InputError, ValueError):
     ``"LossConfig.regulariser_weight"``); the CLI names the matching command-line option instead
     (:data:`metareg.cli.PARAMETER_OPTIONS`), and a model card its field.
     """
+
+
+class RegistrationWarning(UserWarning):
+    """Something about the inputs that makes the result doubtful but not impossible (images that do not overlap,
+    landmarks outside their image). The run goes on; the report lists the warnings; the CLI prints each on one line."""

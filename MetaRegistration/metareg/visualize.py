@@ -59,7 +59,8 @@ def _summary_lines(report: dict) -> list[str]:
     if report.get("affine"):
         lines.append("Affine pre-alignment: yes")
     lines.append(f"Device: {report.get('device', '?')}")
-    lines.append(f"NCC before → after: {report['ncc_before']:.3f} → {report['ncc_after']:.3f}")
+    if report["ncc_before"] is not None:
+        lines.append(f"NCC before → after: {report['ncc_before']:.3f} → {report['ncc_after']:.3f}")
     if report.get("tre_before"):
         before, after = report["tre_before"], report["tre_after"]
         lines.append(
