@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .slabs import slabs
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,17 @@ class Grid:
         points = np.asarray(points, dtype=np.float64)
         return (points - np.asarray(self.origin)) @ np.linalg.inv(self.index_to_physical_matrix).T
 
-    def physical_points(self) -> np.ndarray:
-        """LPS mm position of every voxel centre, shape ``(*tensor_shape, dim)``."""
+    def physical_points(self, rows: slice = slice(None)) -> np.ndarray:
+        """LPS mm position of every voxel centre, shape ``(*tensor_shape, dim)``; with ``rows``, only those indices of
+        the first tensor axis (z in 3D, y in 2D: a slab, to bound memory on large grids)."""
         axes = [np.arange(n, dtype=np.float64) for n in self.tensor_shape]
+        axes[0] = axes[0][rows]
         index_zyx = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
         return self.index_to_physical(index_zyx[..., ::-1])
+
+    def slabs(self) -> list[slice]:
+        """The first tensor axis cut into slabs of bounded size (:func:`metareg.slabs.slabs`)."""
+        return slabs(self.tensor_shape)
 
     def same_as(self, other: "Grid", tol: float = 1e-6) -> bool:
         return (
@@ -353,9 +360,12 @@ def network_displacement_to_field(
     if prealign is None:
         return field
     matrix, offset = affine_matrix_offset(prealign, fixed_grid.dim)
-    points = fixed_grid.physical_points()
-    u = sitk.GetArrayFromImage(field)
-    total = (points + u) @ matrix.T + offset - points
+    u = sitk.GetArrayViewFromImage(field)
+    total = np.empty(u.shape, dtype=np.float64)
+    for rows in fixed_grid.slabs():  # slab by slab: a few bytes per voxel beyond the result, at any size
+        points = fixed_grid.physical_points(rows)
+        total[rows] = (points + u[rows]) @ matrix.T + offset - points
+    del u, field
     return vector_image(total, fixed_grid)
 
 
@@ -363,8 +373,11 @@ def affine_to_field(transform: sitk.Transform, reference: sitk.Image) -> sitk.Im
     """The displacement field ``d(x) = A(x) − x`` of an affine transform on ``reference``'s grid (LPS mm)."""
     grid = Grid.from_image(reference)
     matrix, offset = affine_matrix_offset(transform, grid.dim)
-    points = grid.physical_points()
-    return vector_image(points @ matrix.T + offset - points, grid)
+    field = np.empty((*grid.tensor_shape, grid.dim), dtype=np.float64)
+    for rows in grid.slabs():
+        points = grid.physical_points(rows)
+        field[rows] = points @ matrix.T + offset - points
+    return vector_image(field, grid)
 
 
 def identity_field(reference: sitk.Image) -> sitk.Image:

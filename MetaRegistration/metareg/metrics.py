@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from metareg.errors import InputError
+from metareg.slabs import slabs
 
 ImageLike = sitk.Image | np.ndarray
 
@@ -250,26 +251,36 @@ def jacobian_determinant(field: sitk.Image) -> sitk.Image:
     (Unlike ``sitk.DisplacementFieldJacobianDeterminant``, this honours the direction matrix.)
     """
     dimension = _check_field(field)
-    displacement = _array(field)  # [z, y, x, component], components in (x, y, z) order
+    displacement = sitk.GetArrayViewFromImage(field)  # [z, y, x, component], components in (x, y, z) order
     direction = np.array(field.GetDirection()).reshape(dimension, dimension)
     index_to_physical = np.diag(1.0 / np.array(field.GetSpacing())) @ direction.T  # ∂idx/∂x
-    # numpy axis a of the array is index axis (dimension - 1 - a).
+    determinant = np.empty(displacement.shape[:-1], dtype=np.float64)
+    total_rows = displacement.shape[0]
+    for rows in slabs(displacement.shape[:-1]):  # slab by slab, to bound memory
+        low, high = max(rows.start - 1, 0), min(rows.stop + 1, total_rows)  # a neighbour row each side: exact
+        keep = slice(rows.start - low, rows.stop - low)
+        determinant[rows] = _jacobian_determinant_of(displacement[low:high], index_to_physical, dimension, keep)
+    image = sitk.GetImageFromArray(determinant)
+    image.CopyInformation(field)
+    return image
+
+
+def _jacobian_determinant_of(displacement: np.ndarray, index_to_physical: np.ndarray, dimension: int,
+                             keep: slice) -> np.ndarray:
+    """``det(I + ∇_x d)`` of a displacement array ``[z, y, x, component]`` (a slab), for the rows ``keep`` of its
+    first axis."""
     array_axes = tuple(range(dimension))
     jacobian = [[None] * dimension for _ in range(dimension)]  # jacobian[c][j] = δ_cj + ∂d_c/∂x_j
     for c in range(dimension):
-        gradients = np.gradient(displacement[..., c], axis=array_axes)
-        d_by_index = gradients[::-1]  # d_by_index[k] = ∂d_c/∂idx_k
+        gradients = np.gradient(np.asarray(displacement[..., c], dtype=np.float64), axis=array_axes)
+        d_by_index = [g[keep] for g in gradients[::-1]]  # d_by_index[k] = ∂d_c/∂idx_k
         for j in range(dimension):
             jacobian[c][j] = sum(d_by_index[k] * index_to_physical[k, j] for k in range(dimension)) + (c == j)
     if dimension == 2:
         (a, b), (c, d) = jacobian
-        determinant = a * d - b * c
-    else:
-        (a, b, c), (d, e, f), (g, h, i) = jacobian
-        determinant = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
-    image = sitk.GetImageFromArray(np.asarray(determinant, dtype=np.float64))
-    image.CopyInformation(field)
-    return image
+        return a * d - b * c
+    (a, b, c), (d, e, f), (g, h, i) = jacobian
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def folding_fraction(jacobian: sitk.Image, mask: ImageLike | None = None) -> float:
@@ -288,20 +299,26 @@ def std_log_jacobian(jacobian: sitk.Image, mask: ImageLike | None = None) -> flo
     return float(np.std(np.log(positive))) if positive.size else float("nan")
 
 
-def field_summary(field: sitk.Image, mask: ImageLike | None = None) -> dict:
+def field_summary(field: sitk.Image, mask: ImageLike | None = None, jacobian: sitk.Image | None = None) -> dict:
     """Regularity of a displacement field (mm) over its grid, or over ``mask`` on the same grid.
 
     Returns ``{"folding_fraction", "std_log_jacobian", "jacobian_min", "jacobian_max", "max_displacement_mm"}`` as
     plain floats.
     """
-    jacobian = jacobian_determinant(field)
+    jacobian = jacobian_determinant(field) if jacobian is None else jacobian
     inside = _mask_array(mask, field, "field")
     determinants = _values(jacobian, inside)
-    displacement_mm = np.linalg.norm(_values(field, inside), axis=-1)
+    vectors = sitk.GetArrayViewFromImage(field)
+    largest = 0.0
+    for rows in slabs(vectors.shape[:-1]):
+        lengths = np.sqrt(np.sum(np.square(vectors[rows], dtype=np.float64), axis=-1))
+        if inside is not None:
+            lengths = lengths[inside[rows]]
+        largest = max(largest, float(lengths.max()) if lengths.size else 0.0)
     return {
         "folding_fraction": folding_fraction(jacobian, mask),
         "std_log_jacobian": std_log_jacobian(jacobian, mask),
         "jacobian_min": float(determinants.min()),
         "jacobian_max": float(determinants.max()),
-        "max_displacement_mm": float(displacement_mm.max()),
+        "max_displacement_mm": largest,
     }

@@ -340,7 +340,7 @@ def register(
             "ncc_after": metrics.ncc(fixed_array, sitk.GetArrayViewFromImage(warped), overlap) if overlap.any() else None,
             "ncc_region_fraction": float(overlap.mean()),
             "warnings": doubts,
-            **metrics.field_summary(displacement),
+            **metrics.field_summary(displacement, jacobian=jacobian),
         }
         if model is None:
             report_dict["iterative"] = (iterative_config or IterativeConfig()).to_dict()
