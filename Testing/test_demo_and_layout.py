@@ -77,7 +77,7 @@ def test_slicer_extension_cmake_is_complete():
 def test_packaging_pins_torch_and_exposes_the_cli():
     project = (REPO / "pyproject.toml").read_text()  # (tomllib is Python >= 3.11 only)
     assert re.search(r'^dependencies = \[[^\]]*"torch==2\.13\.0"', project, re.M | re.S)
-    assert re.search(r'^metareg = "metareg\.cli:main"$', project, re.M)
+    assert re.search(r'^metareg = "metareg\.console:main"$', project, re.M)
     assert re.search(r'^package-dir = \{ "" = "MetaRegistration" \}$', project, re.M)
     run = (REPO / "run").read_text()
     assert "demo)" in run and "test)" in run and ".venv" in run

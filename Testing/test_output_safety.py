@@ -192,7 +192,7 @@ INPUT_CASES = {
         f"--out-csv {d / 'pairs.csv'}: {SAME} --pairs"),
     "evaluate-summary-is-an-image-of-the-pairs": lambda d, out: (
         ["evaluate", "--pairs", str(d / "pairs.csv"), *FAST, "--out-csv", str(out / "rows.csv"), "--summary",
-         str(d / "moving.nii.gz"), "--quiet"], f"--summary {d / 'moving.nii.gz'}: {SAME} pair 0 moving"),
+         str(d / "moving.nii.gz"), "--quiet"], f"--summary {d / 'moving.nii.gz'}: {SAME} --pairs line 2 moving"),
     "finetune-out-is-model": lambda d, out: (
         _train("finetune", d, "--model", str(d / "tiny.safetensors"), "--out", str(d / "tiny.safetensors")),
         f"--out {d / 'tiny.safetensors'}: {SAME} --model"),
