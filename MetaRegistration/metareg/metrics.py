@@ -13,6 +13,8 @@ Conventions:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -29,10 +31,44 @@ _GEOMETRY_RTOL = 1e-6
 
 
 def _array(image: ImageLike) -> np.ndarray:
-    """Voxel values as float64, indexed ``[z, y, x]`` (numpy order), vector components last."""
+    """Voxel values as float64, indexed ``[z, y, x]`` (numpy order), vector components last (a copy)."""
     if isinstance(image, sitk.Image):
         return sitk.GetArrayViewFromImage(image).astype(np.float64)
     return np.asarray(image, dtype=np.float64)
+
+
+def _view(image: ImageLike) -> np.ndarray:
+    """Voxel values without a copy (a read-only view of an image, or the array itself), ``[z, y, x]``."""
+    return sitk.GetArrayViewFromImage(image) if isinstance(image, sitk.Image) else np.asarray(image)
+
+
+def _slab_values(view: np.ndarray, inside: np.ndarray | None):
+    """The values of ``view`` (inside the mask), slab by slab (:mod:`metareg.slabs`), as float64 1-D arrays."""
+    for rows in slabs(view.shape):
+        values = np.asarray(view[rows], dtype=np.float64)
+        yield values.ravel() if inside is None else values[inside[rows]]
+
+
+def _moments(a: ImageLike, b: ImageLike, inside: np.ndarray | None) -> tuple[int, float, float, float, float]:
+    """Count, sums of squared deviations of ``a`` and ``b`` and their co-deviation, over the mask, slab by slab,
+    combined exactly as one pass over all values would (Chan et al.'s pairwise update): ``(n, mean_a, Saa, Sbb,
+    Sab)``."""
+    n, mean_a, mean_b, saa, sbb, sab = 0, 0.0, 0.0, 0.0, 0.0, 0.0
+    for x, y in zip(_slab_values(_view(a), inside), _slab_values(_view(b), inside)):
+        k = x.size
+        if k == 0:
+            continue
+        mx, my = float(x.mean()), float(y.mean())
+        dx, dy = x - mx, y - my
+        total = n + k
+        delta_a, delta_b = mx - mean_a, my - mean_b
+        saa += float(dx @ dx) + delta_a * delta_a * n * k / total
+        sbb += float(dy @ dy) + delta_b * delta_b * n * k / total
+        sab += float(dx @ dy) + delta_a * delta_b * n * k / total
+        mean_a += delta_a * k / total
+        mean_b += delta_b * k / total
+        n = total
+    return n, mean_a, saa, sbb, sab
 
 
 def _geometry_difference(a: sitk.Image, b: sitk.Image) -> str:
@@ -56,7 +92,7 @@ def _check_same_grid(a: ImageLike, b: ImageLike, name_a: str, name_b: str) -> No
     if isinstance(a, sitk.Image) and isinstance(b, sitk.Image):
         problem = _geometry_difference(a, b)
     else:
-        shape_a, shape_b = np.shape(_array(a)), np.shape(_array(b))
+        shape_a, shape_b = np.shape(_view(a)), np.shape(_view(b))
         problem = "" if shape_a == shape_b else f"array shape {shape_b} differs from {shape_a}"
     if problem:
         raise InputError(name_b, f"not on the grid of {name_a}: {problem}", f"resample {name_b} onto {name_a} first")
@@ -70,18 +106,13 @@ def _mask_array(mask: ImageLike | None, reference: ImageLike, reference_name: st
         problem = _geometry_difference(reference, mask)
         if problem:
             raise InputError("mask", f"not on the grid of {reference_name}: {problem}", "resample the mask first")
-    inside = _array(mask) != 0
-    shape = np.shape(_array(reference))
+    inside = _view(mask) != 0
+    shape = np.shape(_view(reference))
     if inside.shape != shape[: inside.ndim]:
         raise InputError("mask", f"shape {inside.shape} does not match {reference_name} {shape}")
     if not inside.any():
         raise InputError("mask", "is empty (no non-zero voxel)", "give a mask that covers the region to evaluate")
     return inside
-
-
-def _values(image: ImageLike, inside: np.ndarray | None) -> np.ndarray:
-    values = _array(image)
-    return values if inside is None else values[inside]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -95,21 +126,22 @@ def ncc(a: ImageLike, b: ImageLike, mask: ImageLike | None = None) -> float:
     ``s > 0``. Returns ``nan`` when either image is constant over the region (the correlation is undefined).
     """
     _check_same_grid(a, b, "a", "b")
-    inside = _mask_array(mask, a, "a")
-    values_a, values_b = _values(a, inside), _values(b, inside)
-    values_a = values_a - values_a.mean()
-    values_b = values_b - values_b.mean()
-    denominator = np.sqrt(np.sum(values_a**2) * np.sum(values_b**2))
+    _, _, saa, sbb, sab = _moments(a, b, _mask_array(mask, a, "a"))  # slab by slab: no copy of the images
+    denominator = np.sqrt(saa * sbb)
     if denominator == 0:
         return float("nan")
-    return float(np.clip(np.sum(values_a * values_b) / denominator, -1.0, 1.0))
+    return float(np.clip(sab / denominator, -1.0, 1.0))
 
 
 def mse(a: ImageLike, b: ImageLike, mask: ImageLike | None = None) -> float:
     """Mean squared intensity difference of ``a`` and ``b`` (over ``mask`` if given), in squared intensity units."""
     _check_same_grid(a, b, "a", "b")
     inside = _mask_array(mask, a, "a")
-    return float(np.mean((_values(a, inside) - _values(b, inside)) ** 2))
+    total, count = 0.0, 0
+    for x, y in zip(_slab_values(_view(a), inside), _slab_values(_view(b), inside)):
+        total += float(np.sum((x - y) ** 2))
+        count += x.size
+    return total / count if count else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -283,9 +315,33 @@ def _jacobian_determinant_of(displacement: np.ndarray, index_to_physical: np.nda
     return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
+def _jacobian_statistics(jacobian: sitk.Image, inside: np.ndarray | None) -> dict:
+    """Folded fraction, std of log|J| over the unfolded voxels, min and max of the determinant, slab by slab."""
+    count = folded = 0
+    low, high = math.inf, -math.inf
+    n, mean, squares = 0, 0.0, 0.0  # of log det over det > 0, combined pairwise (Chan et al.)
+    for values in _slab_values(_view(jacobian), inside):
+        if values.size == 0:
+            continue
+        count += values.size
+        folded += int(np.count_nonzero(values <= 0))
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+        logs = np.log(values[values > 0])
+        k = logs.size
+        if k:
+            m = float(logs.mean())
+            delta, total = m - mean, n + k
+            squares += float(np.sum((logs - m) ** 2)) + delta * delta * n * k / total
+            mean += delta * k / total
+            n = total
+    return {"folding_fraction": folded / count if count else float("nan"),
+            "std_log_jacobian": math.sqrt(squares / n) if n else float("nan"),
+            "jacobian_min": low, "jacobian_max": high}
+
+
 def folding_fraction(jacobian: sitk.Image, mask: ImageLike | None = None) -> float:
     """Fraction (0..1) of voxels (inside ``mask`` if given) where the Jacobian determinant is <= 0, i.e. folded."""
-    return float(np.mean(_values(jacobian, _mask_array(mask, jacobian, "jacobian")) <= 0))
+    return _jacobian_statistics(jacobian, _mask_array(mask, jacobian, "jacobian"))["folding_fraction"]
 
 
 def std_log_jacobian(jacobian: sitk.Image, mask: ImageLike | None = None) -> float:
@@ -294,9 +350,7 @@ def std_log_jacobian(jacobian: sitk.Image, mask: ImageLike | None = None) -> flo
     Folded voxels (``det <= 0``) are excluded, not clipped; report them with :func:`folding_fraction`. Returns ``nan``
     if no voxel has a positive determinant.
     """
-    determinants = _values(jacobian, _mask_array(mask, jacobian, "jacobian"))
-    positive = determinants[determinants > 0]
-    return float(np.std(np.log(positive))) if positive.size else float("nan")
+    return _jacobian_statistics(jacobian, _mask_array(mask, jacobian, "jacobian"))["std_log_jacobian"]
 
 
 def field_summary(field: sitk.Image, mask: ImageLike | None = None, jacobian: sitk.Image | None = None) -> dict:
@@ -307,7 +361,6 @@ def field_summary(field: sitk.Image, mask: ImageLike | None = None, jacobian: si
     """
     jacobian = jacobian_determinant(field) if jacobian is None else jacobian
     inside = _mask_array(mask, field, "field")
-    determinants = _values(jacobian, inside)
     vectors = sitk.GetArrayViewFromImage(field)
     largest = 0.0
     for rows in slabs(vectors.shape[:-1]):
@@ -315,10 +368,4 @@ def field_summary(field: sitk.Image, mask: ImageLike | None = None, jacobian: si
         if inside is not None:
             lengths = lengths[inside[rows]]
         largest = max(largest, float(lengths.max()) if lengths.size else 0.0)
-    return {
-        "folding_fraction": folding_fraction(jacobian, mask),
-        "std_log_jacobian": std_log_jacobian(jacobian, mask),
-        "jacobian_min": float(determinants.min()),
-        "jacobian_max": float(determinants.max()),
-        "max_displacement_mm": largest,
-    }
+    return {**_jacobian_statistics(jacobian, inside), "max_displacement_mm": largest}

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import metrics
+from . import memory, metrics
 from .device import describe_device, resolve_device
 from .card import MAX_REFINE_STEPS
 from .checks import check_float, check_int
@@ -261,10 +261,16 @@ def register(
     matched = None
     if fixed_landmarks is not None:
         matched = match_landmarks(fixed_landmarks, moving_landmarks, "fixed_landmarks", "moving_landmarks")
+    torch_device = resolve_device(device)
+    usual_work_grid = iterative_grid(fixed)
+    memory_plan = memory.plan(dim, int(np.prod(fixed.GetSize())), int(np.prod(usual_work_grid.size)),
+                              uses_work_grid=model is None or refine_steps > 0, device=torch_device)
+    work_grid = iterative_grid(fixed, memory_plan.work_max_voxels) if memory_plan.work_max_voxels else usual_work_grid
     doubts = input_warnings(fixed, moving, fixed_landmarks, moving_landmarks, affine)
+    if memory_plan.note:
+        doubts.append(memory_plan.note)
     for doubt in doubts:
         warnings.warn(doubt, RegistrationWarning, stacklevel=2)
-    torch_device = resolve_device(device)
     started = time.perf_counter()
     stages = _Stages(progress, stage_seconds(fixed, model, adapt_steps, refine_steps, affine,
                                              iterative_config or IterativeConfig()))
@@ -279,7 +285,7 @@ def register(
         if model is not None:
             grid, fixed_t, moving_t = prepare_pair(fixed, moving, model.card.grid, model.card.normalisation, prealign)
         else:
-            grid, fixed_t, moving_t = prepare_pair(fixed, moving, None, None, prealign, grid=iterative_grid(fixed))
+            grid, fixed_t, moving_t = prepare_pair(fixed, moving, None, None, prealign, grid=work_grid)
         fixed_t, moving_t = fixed_t.to(torch_device), moving_t.to(torch_device)
 
     field_grid = grid  # the grid disp_vox lives on
@@ -298,7 +304,7 @@ def register(
             disp_vox = network(moving_t, fixed_t)
         if refine_steps:
             with stages.stage("refinement", "refining the field") as report:
-                refine_grid = iterative_grid(fixed)
+                refine_grid = work_grid
                 _, fixed_r, moving_r = prepare_pair(fixed, moving, None, model.card.normalisation, prealign,
                                                     grid=refine_grid)
                 initial = regrid_displacement(disp_vox.cpu(), grid, refine_grid).to(torch_device)
@@ -319,7 +325,6 @@ def register(
     with stages.stage("warp", "warping the moving image"):
         warped = warp_image(moving, displacement)
     with stages.stage("metrics", "metrics"):
-        fixed_array = sitk.GetArrayViewFromImage(fixed).astype(np.float64)
         moving_on_fixed = resample_onto(moving, Grid.from_image(fixed))
         overlap = overlap_mask(moving, displacement)
         jacobian = metrics.jacobian_determinant(displacement)
@@ -335,11 +340,13 @@ def register(
             "model_grid": _grid_dict(grid),
             "refine_grid": _grid_dict(field_grid) if refine_steps else None,
             # on the region both mappings see inside the moving image; None when there is none (images apart)
-            "ncc_before": metrics.ncc(fixed_array, sitk.GetArrayViewFromImage(moving_on_fixed), overlap)
+            "ncc_before": metrics.ncc(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(moving_on_fixed),
+                                      overlap) if overlap.any() else None,
+            "ncc_after": metrics.ncc(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(warped), overlap)
             if overlap.any() else None,
-            "ncc_after": metrics.ncc(fixed_array, sitk.GetArrayViewFromImage(warped), overlap) if overlap.any() else None,
             "ncc_region_fraction": float(overlap.mean()),
             "warnings": doubts,
+            "memory": memory_plan.to_dict(),
             **metrics.field_summary(displacement, jacobian=jacobian),
         }
         if model is None:
