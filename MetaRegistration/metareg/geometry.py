@@ -110,6 +110,16 @@ class Grid:
         index_zyx = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
         return self.index_to_physical(index_zyx[..., ::-1])
 
+    def rows(self, rows: slice) -> "Grid":
+        """The part of this grid at indices ``rows`` of its first tensor axis (the last ITK index axis): a slab."""
+        start = [0] * self.dim
+        start[-1] = rows.start
+        size = list(self.size)
+        size[-1] = rows.stop - rows.start
+        return Grid(size=tuple(size), spacing=self.spacing,
+                    origin=tuple(float(v) for v in self.index_to_physical(np.asarray(start, dtype=np.float64))),
+                    direction=self.direction)
+
     def slabs(self) -> list[slice]:
         """The first tensor axis cut into slabs of bounded size (:func:`metareg.slabs.slabs`)."""
         return slabs(self.tensor_shape)
@@ -345,28 +355,21 @@ def network_displacement_to_field(
     """
     fixed_grid = Grid.from_image(fixed)
     model_field = vector_image(voxel_displacement_to_physical(disp_vox, model_grid), model_grid)
-    if model_grid.same_as(fixed_grid):
-        field = model_field
-    else:
-        field = sitk.Resample(
-            model_field,
-            fixed_grid.reference_image(),
-            sitk.Transform(fixed_grid.dim, sitk.sitkIdentity),
-            sitk.sitkLinear,
-            0.0,
-            sitk.sitkVectorFloat64,
-            True,  # useNearestNeighborExtrapolator: no artificial zero displacement at the model grid's border
-        )
-    if prealign is None:
-        return field
-    matrix, offset = affine_matrix_offset(prealign, fixed_grid.dim)
-    u = sitk.GetArrayViewFromImage(field)
-    total = np.empty(u.shape, dtype=np.float64)
-    for rows in fixed_grid.slabs():  # slab by slab: a few bytes per voxel beyond the result, at any size
-        points = fixed_grid.physical_points(rows)
-        total[rows] = (points + u[rows]) @ matrix.T + offset - points
-    del u, field
-    return vector_image(total, fixed_grid)
+    if model_grid.same_as(fixed_grid) and prealign is None:
+        return model_field
+    matrix, offset = affine_matrix_offset(prealign, fixed_grid.dim) if prealign is not None else (None, None)
+    identity = sitk.Transform(fixed_grid.dim, sitk.sitkIdentity)
+    field = fixed_grid.reference_image(sitk.sitkVectorFloat64)
+    for rows in fixed_grid.slabs():  # slab by slab into the result: memory stays a few MB beyond it, at any size
+        slab_grid = fixed_grid.rows(rows)
+        # useNearestNeighborExtrapolator: no artificial zero displacement beyond the model grid's border
+        u = sitk.Resample(model_field, slab_grid.reference_image(), identity, sitk.sitkLinear, 0.0,
+                          sitk.sitkVectorFloat64, True)
+        if prealign is not None:
+            points = slab_grid.physical_points()
+            u = vector_image((points + sitk.GetArrayViewFromImage(u)) @ matrix.T + offset - points, slab_grid)
+        field[(*[slice(None)] * (fixed_grid.dim - 1), slice(rows.start, rows.stop))] = u
+    return field
 
 
 def affine_to_field(transform: sitk.Transform, reference: sitk.Image) -> sitk.Image:
@@ -406,11 +409,22 @@ def warp_image(
     """Resample the original ``moving`` image through ``field``: ``out(x) = moving(x + d(x))`` on the field's grid.
 
     ``pixel_type`` defaults to float32 for linear/B-spline interpolation and to the moving image's own type for
-    nearest-neighbour (label maps).
+    nearest-neighbour (label maps). Large fields go slab by slab, each through a transform of its own part of the
+    field (at a slab's voxel centres the field's interpolation needs only that slab: the result is the same).
     """
     if pixel_type is None:
         pixel_type = moving.GetPixelID() if interpolator == sitk.sitkNearestNeighbor else sitk.sitkFloat32
-    return sitk.Resample(moving, field, field_to_transform(field), interpolator, float(default_value), pixel_type)
+    grid = Grid.from_image(field)
+    pieces = grid.slabs()
+    if len(pieces) == 1:
+        return sitk.Resample(moving, field, field_to_transform(field), interpolator, float(default_value), pixel_type)
+    warped = grid.reference_image(pixel_type)
+    for rows in pieces:  # slab by slab (the transform copies its field): memory a few MB beyond the result
+        region = (*[slice(None)] * (grid.dim - 1), slice(rows.start, rows.stop))
+        slab = field[region]
+        warped[region] = sitk.Resample(moving, slab, field_to_transform(slab), interpolator, float(default_value),
+                                       pixel_type)
+    return warped
 
 
 def map_points(
