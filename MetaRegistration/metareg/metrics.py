@@ -286,14 +286,19 @@ def jacobian_determinant(field: sitk.Image) -> sitk.Image:
     displacement = sitk.GetArrayViewFromImage(field)  # [z, y, x, component], components in (x, y, z) order
     direction = np.array(field.GetDirection()).reshape(dimension, dimension)
     index_to_physical = np.diag(1.0 / np.array(field.GetSpacing())) @ direction.T  # ∂idx/∂x
-    determinant = np.empty(displacement.shape[:-1], dtype=np.float64)
+    image = sitk.Image(field.GetSize(), sitk.sitkFloat64)
+    image.CopyInformation(field)
     total_rows = displacement.shape[0]
-    for rows in slabs(displacement.shape[:-1]):  # slab by slab, to bound memory
+    for rows in slabs(displacement.shape[:-1]):  # slab by slab into the result, to bound memory
         low, high = max(rows.start - 1, 0), min(rows.stop + 1, total_rows)  # a neighbour row each side: exact
         keep = slice(rows.start - low, rows.stop - low)
-        determinant[rows] = _jacobian_determinant_of(displacement[low:high], index_to_physical, dimension, keep)
-    image = sitk.GetImageFromArray(determinant)
-    image.CopyInformation(field)
+        slab = sitk.GetImageFromArray(_jacobian_determinant_of(displacement[low:high], index_to_physical, dimension,
+                                                               keep))
+        region = (*[slice(None)] * (dimension - 1), slice(rows.start, rows.stop))
+        slab.SetOrigin(image.TransformIndexToPhysicalPoint([0] * (dimension - 1) + [rows.start]))
+        slab.SetSpacing(image.GetSpacing())
+        slab.SetDirection(image.GetDirection())
+        image[region] = slab
     return image
 
 
