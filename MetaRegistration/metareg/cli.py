@@ -248,6 +248,7 @@ def _write_transform(field: sitk.Image, path: Path, option: str) -> None:
         sitk.WriteTransform(transform, str(temporary))
         # ITK's text writer (.tfm) ignores a full disk: read the file back and count its parameters
         expected = (transform.GetNumberOfParameters(), transform.GetNumberOfFixedParameters())
+        del transform  # a copy of the field: not kept while the file is read back
         try:
             written = sitk.ReadTransform(str(temporary))
             counts = (written.GetNumberOfParameters(), written.GetNumberOfFixedParameters())
