@@ -62,7 +62,7 @@ def read_image(path: str | Path, name: str = "image") -> sitk.Image:
     try:
         image = _read_dicom_series(path, input_name) if path.is_dir() else sitk.ReadImage(str(path))
     except (RuntimeError, MemoryError) as error:
-        raise InputError(input_name, *_read_failure(error)) from error
+        raise InputError(input_name, *_read_failure(error, None if path.is_dir() else path)) from error
     if image.GetDimension() not in (2, 3):
         raise InputError(input_name, f"is {image.GetDimension()}D", "give a 2D or 3D image")
     return check_image(_scalar(image, input_name), input_name)
@@ -577,17 +577,42 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or any(sign in text for sign in ("allocate", "bad_alloc", "out of memory"))
 
 
-def _read_failure(error: BaseException) -> tuple[str, str]:
-    """The problem and the hint for an image SimpleITK failed to read: out of memory, an orientation ITK refuses (a
-    singular or sheared direction in the header), or a format or file it cannot read."""
+def _read_failure(error: BaseException, path: Path | None = None) -> tuple[str, str]:
+    """The problem and the hint for an image SimpleITK failed to read: out of memory (said so, or a reader that fails
+    without saying why on an image whose header reads and whose voxels would not fit: ITK's NIfTI reader then says
+    only "nifti_image_load failed"), an orientation ITK refuses (a singular or sheared direction in the header), or a
+    format or file it cannot read."""
     message = _sitk_message(error)
     if is_out_of_memory(error):
         return f"does not fit in the memory available ({message})", MEMORY_HINT
+    needed = _voxel_bytes(path) if path is not None else None
+    if needed is not None:
+        from .memory import available_memory_bytes
+
+        available = available_memory_bytes()
+        if available is not None and needed > available / 2:
+            return (f"could not be read ({message}); its voxels take {needed / 2**30:.2f} GB and "
+                    f"{available / 2**30:.2f} GB of memory are available", MEMORY_HINT)
     if "orthonormal" in str(error) or "direction cosines" in str(error):
         return (f"has an orientation in its header that is not a rotation: its direction matrix is singular or "
                 f"sheared ({message})",
                 "fix the orientation in the header (NIfTI: qform/sform), e.g. re-export it from its source")
     return f"cannot be read as an image ({message})", f"give {READABLE}"
+
+
+def _voxel_bytes(path: Path) -> int | None:
+    """Bytes of an image file's voxels, from its header alone (None when the header does not read)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        pixel = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    except RuntimeError:
+        return None
+    voxels = 1
+    for n in reader.GetSize():
+        voxels *= n
+    return voxels * pixel.GetSizeOfPixelComponent() * reader.GetNumberOfComponents()
 
 
 def _sitk_message(error: BaseException) -> str:
