@@ -378,7 +378,16 @@ def test_cli_data_list_and_unknown_task(tmp_path, capsys):
 
 
 def test_default_data_dir_follows_environment(monkeypatch, tmp_path):
+    """One definition, used by `metareg data fetch` and the learning commands alike (they once disagreed on ``~``
+    and on an empty $METAREG_DATA_DIR)."""
+    from metareg.tasks import default_data_dir
+
+    assert not hasattr(datasets, "default_data_dir")
     monkeypatch.setenv("METAREG_DATA_DIR", str(tmp_path / "d"))
-    assert datasets.default_data_dir() == tmp_path / "d"
+    assert default_data_dir() == tmp_path / "d"
+    monkeypatch.setenv("METAREG_DATA_DIR", "~/somewhere")
+    assert default_data_dir() == Path.home() / "somewhere"
+    monkeypatch.setenv("METAREG_DATA_DIR", "")
+    assert default_data_dir() == Path.home() / ".cache" / "metareg" / "data"
     monkeypatch.delenv("METAREG_DATA_DIR")
-    assert datasets.default_data_dir() == Path.home() / ".cache" / "metareg" / "data"
+    assert default_data_dir() == Path.home() / ".cache" / "metareg" / "data"

@@ -36,6 +36,7 @@ from .iterative import IterativeConfig
 from .landmarks import Landmarks, read_landmarks, write_landmarks
 from .losses import SIMILARITIES, LossConfig
 from .modelio import default_zoo_dir, load_model, read_index
+from .tasks import default_data_dir
 
 EXAMPLES = """\
 examples:
@@ -615,7 +616,7 @@ def run_data_fetch(args: argparse.Namespace) -> int:
 
     from . import datasets
 
-    root = Path(args.data_dir).expanduser() if args.data_dir else datasets.default_data_dir()
+    root = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     names = [name.strip() for name in args.tasks.split(",") if name.strip()] if args.tasks else None
     start = time.monotonic()
     rows = datasets.fetch(root, names, force=args.force,
@@ -631,7 +632,7 @@ def run_data_fetch(args: argparse.Namespace) -> int:
 def run_data_list(args: argparse.Namespace) -> int:
     from . import datasets
 
-    root = Path(args.data_dir).expanduser() if args.data_dir else datasets.default_data_dir()
+    root = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     infos = datasets.list_tasks(root)
     if infos:
         print(datasets.format_table(infos))

@@ -180,12 +180,6 @@ class Member:
     path: str
 
 
-def default_data_dir() -> Path:
-    """``$METAREG_DATA_DIR`` if set, else ``~/.cache/metareg/data``."""
-    env = os.environ.get("METAREG_DATA_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "metareg" / "data"
-
-
 def verify_archive(path: Path, archive: Archive) -> None:
     """Raise DataError naming ``path`` unless its sha256 is the pinned one."""
     actual = sha256_of(path)

@@ -152,10 +152,12 @@ def load_task(spec: str | Path, data_dir: str | Path | None = None) -> Task:
 
 
 def default_data_dir() -> Path:
-    """``$METAREG_DATA_DIR`` or ``~/.cache/metareg/data`` (where ``metareg data fetch`` builds the tasks)."""
+    """Where ``metareg data fetch`` builds the tasks and the learning commands look for them: ``$METAREG_DATA_DIR``
+    (``~`` expanded) when it is set and not empty, else ``~/.cache/metareg/data``. The one definition."""
     import os
 
-    return Path(os.environ.get("METAREG_DATA_DIR", Path.home() / ".cache" / "metareg" / "data"))
+    env = os.environ.get("METAREG_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "metareg" / "data"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
