@@ -275,6 +275,25 @@ def read_log(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def test_a_terminated_training_says_what_it_kept(task_root, tmp_path):
+    """SIGTERM mid-run: exit 143, no model, and one line naming the checkpoint that --resume continues from."""
+    out = tmp_path / "stopped.safetensors"
+    process = subprocess.Popen(pretrain_command(task_root, out, 400), env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    checkpoint = out.with_name("stopped.ckpt") / "last.pt"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and process.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    said = [line[line.index("metareg pretrain: "):] for line in stderr.splitlines() if "metareg pretrain: " in line]
+    assert said == [f"metareg pretrain: terminated (SIGTERM); the model was not written; the last checkpoint "
+                    f"{checkpoint} is kept: the same command with --resume continues from it"], stderr
+    assert not out.exists() and checkpoint.is_file()
+
+
 def test_killed_run_resumes_and_continues_its_loss_curve(task_root, tmp_path):
     steps = 80
     reference = tmp_path / "reference.safetensors"

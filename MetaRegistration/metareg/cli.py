@@ -754,7 +754,15 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
-        print(f"metareg {args.command}: {how}; no outputs were written", file=sys.stderr)
+        if args.command in ("pretrain", "finetune", "metatrain"):
+            from .training import CHECKPOINT_NAME
+
+            checkpoint = Path(args.out).with_name(Path(args.out).stem + ".ckpt") / CHECKPOINT_NAME
+            kept = (f"; the last checkpoint {checkpoint} is kept: the same command with --resume continues from it"
+                    if checkpoint.is_file() else "")
+            print(f"metareg {args.command}: {how}; the model was not written{kept}", file=sys.stderr)
+        else:
+            print(f"metareg {args.command}: {how}; no outputs were written", file=sys.stderr)
         return 143 if isinstance(interrupt, Terminated) else 130
 
 
