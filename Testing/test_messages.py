@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from metareg.cli import main
 from metareg.errors import RegistrationWarning
