@@ -101,7 +101,7 @@ def test_a_registration_too_large_for_the_memory_limit_is_refused_before_the_wor
     out.mkdir()
     done = subprocess.run([sys.executable, "-c", _REGISTER_UNDER_A_MEMORY_LIMIT, "register",
                            "--fixed", str(tmp_path / "fixed.nii"), "--moving", str(tmp_path / "moving.nii"),
-                           "--warped", str(out / "warped.nii.gz"), "--quiet"], capture_output=True, text=True,
+                           "--warped", str(out / "warped.nii.gz"), "--quiet"], capture_output=True, text=True, encoding="utf-8", errors="replace",
                           timeout=300)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -122,7 +122,7 @@ def test_the_clinical_size_benchmark_quick_mode_writes_a_sane_table(tmp_path):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "clinical_size.py"), "--quick", "--threads", "1",
-                           "--out-dir", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                           "--out-dir", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = json.loads((tmp_path / "clinical-size-quick.json").read_text())["rows"]
     assert [(row["pair"], row["method"]) for row in rows] == [

@@ -279,7 +279,7 @@ def test_out_of_memory_is_reported_as_memory_not_as_a_format(tmp_path, operation
     target = big if operation == "read" else tmp_path / "warped.nii.gz"
     before = hashes(tmp_path)
     done = subprocess.run([sys.executable, "-c", _UNDER_A_MEMORY_LIMIT, operation, str(target)], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, encoding="utf-8", errors="replace", timeout=120)
     message = done.stdout.strip()
     assert "memory" in message and "free memory (close other programs), or crop or downsample" in message, done
     if operation == "read":  # ITK's NIfTI reader says only "nifti_image_load failed": the sizes say why
@@ -318,7 +318,7 @@ def test_out_of_memory_while_registering_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-c", _REGISTER_UNDER_A_MEMORY_LIMIT, "register",
                            "--fixed", str(tmp_path / "fixed.nii.gz"), "--moving", str(tmp_path / "moving.nii.gz"),
                            "--iterations", "2,2,2", "--warped", str(out / "warped.nii.gz"), "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("metareg register: error: not enough memory for this register (")

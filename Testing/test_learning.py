@@ -279,7 +279,7 @@ def test_a_terminated_training_says_what_it_kept(task_root, tmp_path):
     """SIGTERM mid-run: exit 143, no model, and one line naming the checkpoint that --resume continues from."""
     out = tmp_path / "stopped.safetensors"
     process = subprocess.Popen(pretrain_command(task_root, out, 400), env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     checkpoint = out.with_name("stopped.ckpt") / "last.pt"
     deadline = time.time() + 240
     while not checkpoint.exists() and process.poll() is None:

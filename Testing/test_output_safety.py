@@ -314,7 +314,7 @@ def test_a_file_size_limit_fails_the_run_and_keeps_the_previous_output(option, n
     before = state(noisy, out)
     argv = [*CLI, "register", "--fixed", str(noisy / "fixed.nii.gz"), "--moving", str(noisy / "moving.nii.gz"), *FAST,
             option, str(target), "--report", str(out / "report.json"), "--quiet"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size)
+    result = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300, preexec_fn=_limit_file_size)
     line = assert_refused(result.returncode, result.stderr, "register", f"{option} {target}: {expected}", before,
                           noisy, out)
     assert "free space or write elsewhere" in line
@@ -397,7 +397,7 @@ def test_sigterm_while_the_outputs_are_written_rolls_them_back(tmp_path, out):
             *FAST, "--warped", str(out / "warped.nii.gz"), "--field", str(out / "field.nii.gz"),
             "--transform", str(out / "fixed_to_moving.tfm"), "--jacobian", str(out / "jacobian.nii.gz"),
             "--report", str(out / "report.json"), "--quiet"]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     deadline = time.monotonic() + 240
     while (out / "warped.nii.gz").stat().st_ino == first and process.poll() is None:
         assert time.monotonic() < deadline
@@ -437,7 +437,7 @@ def test_ctrl_c_while_the_command_starts_prints_one_line(d, out):
     before = state(d, out)
     seen_message = False
     for delay in (0.3, 0.6, 1.0):
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=120)

@@ -256,7 +256,7 @@ def test_a_killed_writers_temporary_checkpoint_is_removed(tmp_path):
     removes it; a temporary file of a process still running is kept; a failed write leaves none of its own."""
     folder = tmp_path / "run.ckpt"
     folder.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     leftover = folder / f".{CHECKPOINT_NAME}.{int(dead.stdout)}.tmp"
     leftover.write_bytes(b"")
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

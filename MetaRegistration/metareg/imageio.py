@@ -121,6 +121,8 @@ def _check_written(image: sitk.Image, written_path: Path, label: str, printed: l
     try:
         back = sitk.ReadImage(str(written_path))
     except RuntimeError as error:
+        if is_out_of_memory(error):  # the check itself ran out of memory: say memory, not a short file
+            raise MemoryError(_sitk_message(error)) from error
         problem = said or f"cannot be read back: {_sitk_message(error)}"
     else:
         shape = (back.GetSize(), back.GetNumberOfComponentsPerPixel())
