@@ -106,7 +106,7 @@ echo "$repo/MetaRegistration" > "$site/metareg-worktree.pth"
 cat > "$venv/bin/metareg" <<EOF
 #!$venv/bin/python
 import sys
-from metareg.cli import main
+from metareg.app.cli import main
 if __name__ == "__main__":
     sys.exit(main())
 EOF

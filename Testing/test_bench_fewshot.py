@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from metareg.tasks import default_data_dir
+from metareg.learning.tasks import default_data_dir
 
 ROWS = ["Not deformed", "Model-Seen", "Model-Unseen", "Transfer", "Fine-tune (2 steps)", "Fine-tune (4 steps)",
         "Ours (2 steps)", "Ours (4 steps)"]

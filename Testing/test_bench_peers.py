@@ -33,7 +33,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import peers  # noqa: E402
-from metareg.geometry import Grid, map_points  # noqa: E402
+from metareg.core.geometry import Grid, map_points  # noqa: E402
 
 SHIFT_2D = np.array([3.0, -2.0])
 SHIFT_3D = np.array([2.5, -3.0, 2.0])
@@ -155,7 +155,7 @@ def test_voxelmorph_displacement_convention_is_ours():
     import torch
     import voxelmorph as vxm
 
-    from metareg.geometry import warp_tensor
+    from metareg.core.geometry import warp_tensor
 
     generator = torch.Generator().manual_seed(0)
     for shape in ((1, 1, 23, 31), (1, 1, 11, 13, 17)):
@@ -171,7 +171,7 @@ def test_voxelmorph_runner_places_a_known_displacement(tmp_path, pair_2d):
     import torch
     from safetensors.torch import save_file
 
-    from metareg.geometry import model_grid_on_fixed
+    from metareg.core.geometry import model_grid_on_fixed
 
     network = peers.voxelmorph_network(2)
     velocity = torch.tensor([1.5, -2.0])  # channel 0 along tensor axis 0 (y), channel 1 along x
@@ -206,7 +206,7 @@ ROWS_3D = CLASSICAL + ["ours: iterative (no network)"]
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    from metareg.tasks import default_data_dir
+    from metareg.learning.tasks import default_data_dir
 
     root = default_data_dir() / "tasks"
     needed = ("fundus-2d-test", "brain-mr-3d-test", "brain-t1-2d", "brain-t2-2d", "head-ct-2d", "chest-ct-2d",

@@ -63,7 +63,7 @@ def test_scaling_quick_writes_a_sane_table(tmp_path):
 
 @pytest.fixture(scope="module")
 def brain_tasks():
-    from metareg.tasks import default_data_dir
+    from metareg.learning.tasks import default_data_dir
 
     root = default_data_dir() / "tasks"
     missing = [t for t in DATA_TASKS if not (root / t / "pairs.csv").is_file()]
@@ -75,8 +75,8 @@ def brain_tasks():
 def test_testtime_quick_writes_a_sane_table(tmp_path, brain_tasks):
     import torch
 
-    from metareg.modelio import save_model
-    from metareg.networks import build_network
+    from metareg.core.modelio import save_model
+    from metareg.core.networks import build_network
 
     # a small 3D model stands in for the zoo's meta-registration model (which the test must not depend on)
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ from conftest import REPO
 
 @pytest.fixture(scope="module")
 def fundus_test_task():
-    from metareg.tasks import default_data_dir
+    from metareg.learning.tasks import default_data_dir
 
     if not (default_data_dir() / "tasks" / "fundus-2d-test" / "pairs.csv").is_file():
         pytest.fail("task fundus-2d-test is missing: run `metareg data fetch` first (see DATA.md)")

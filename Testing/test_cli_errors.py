@@ -3,7 +3,7 @@
 Every failing run asks for several outputs (``--warped``, ``--field``, ``--transform``, ``--jacobian``, ``--report``)
 in a folder of its own; afterwards that folder must be byte-for-byte as before (hidden files included, so no
 ``.partial`` scratch folders either), and the input files must be unchanged. The CLI is called in-process
-(:func:`metareg.cli.main`), plus once through the installed console script to see the exit status reach the shell.
+(:func:`metareg.app.cli.main`), plus once through the installed console script to see the exit status reach the shell.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from metareg.cli import main
-from metareg.modelio import save_model
-from metareg.networks import build_network
+from metareg.app.cli import main
+from metareg.core.modelio import save_model
+from metareg.core.networks import build_network
 
 SIZE_3D, SPACING_3D = (24, 20, 16), (1.2, 0.9, 2.0)
 SIZE_2D, SPACING_2D = (32, 28), (0.8, 1.1)
@@ -491,12 +491,12 @@ def test_same_output_file_twice(inputs, out, capsys):
 
 
 def test_interrupt_while_writing_leaves_nothing(inputs, out, capsys, monkeypatch):
-    import metareg.cli
+    import metareg.app.cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(metareg.cli, "_write_transform", interrupted)
+    monkeypatch.setattr(metareg.app.cli, "_write_transform", interrupted)
     (out / "field.nii.gz").write_bytes(b"older field")
     before = snapshot(out)
     rc = main(["register", *pair(inputs), *FAST, *outputs(out), "--quiet"])
@@ -512,7 +512,7 @@ def test_interrupt_while_writing_leaves_nothing(inputs, out, capsys, monkeypatch
 
 def test_exit_status_reaches_the_shell(inputs, out):
     script = Path(sys.executable).with_name("metareg")
-    command = [str(script)] if script.is_file() else [sys.executable, "-m", "metareg.cli"]
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "metareg.app.cli"]
     missing = inputs / "missing.nii.gz"
     result = subprocess.run([*command, "register", *pair(inputs, fixed=missing), *outputs(out)],
                             capture_output=True, text=True, timeout=120)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from metareg import memory
-from metareg.errors import InputError, RegistrationWarning
-from metareg.register import ITERATIVE_MAX_VOXELS, register
+from metareg.core import memory
+from metareg.core.errors import InputError, RegistrationWarning
+from metareg.core.registration import ITERATIVE_MAX_VOXELS, register
 from test_cli_errors import blobs
 
 GB = 2**30
@@ -83,7 +83,7 @@ def test_register_coarsens_its_work_grid_and_says_so(monkeypatch):
 
 _REGISTER_UNDER_A_MEMORY_LIMIT = """
 import resource, sys
-from metareg.cli import main
+from metareg.app.cli import main
 in_use = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (in_use + 300 * 2**20, resource.RLIM_INFINITY))
 sys.exit(main(sys.argv[1:]))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from metareg import cli
+from metareg.app import cli
 
 SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 
@@ -39,7 +39,7 @@ def test_a_run_waits_for_another_run_writing_the_same_outputs_then_writes_its_wh
     hashes = {path: sha256(path) for path in (fixed, moving)}
     warped, field, report = tmp_path / "warped.nii.gz", tmp_path / "field.nii.gz", tmp_path / "report.json"
     with cli._output_locks([warped, field, report]):  # another run is writing this set now
-        run = subprocess.Popen([sys.executable, "-m", "metareg.cli", "register", "--fixed", str(fixed),
+        run = subprocess.Popen([sys.executable, "-m", "metareg.app.cli", "register", "--fixed", str(fixed),
                                 "--moving", str(moving), "--method", "iterative", "--iterations", "3,2,1",
                                 "--warped", str(warped), "--field", str(field), "--report", str(report), "--quiet"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)

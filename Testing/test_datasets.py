@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from metareg import datasets
-from metareg.cli import main
-from metareg.datasets import Archive, DataError, Member, SliceVolume, TaskSpec
-from metareg.geometry import map_points
-from metareg.landmarks import read_landmarks
-from metareg.synthetic import random_smooth_field
+from metareg.app import datasets
+from metareg.app.cli import main
+from metareg.app.datasets import Archive, DataError, Member, SliceVolume, TaskSpec
+from metareg.core.geometry import map_points
+from metareg.core.landmarks import read_landmarks
+from metareg.learning.synthetic import random_smooth_field
 
 # --- helpers -------------------------------------------------------------------------------------------------------
 
@@ -380,7 +380,7 @@ def test_cli_data_list_and_unknown_task(tmp_path, capsys):
 def test_default_data_dir_follows_environment(monkeypatch, tmp_path):
     """One definition, used by `metareg data fetch` and the learning commands alike (they once disagreed on ``~``
     and on an empty $METAREG_DATA_DIR)."""
-    from metareg.tasks import default_data_dir
+    from metareg.learning.tasks import default_data_dir
 
     assert not hasattr(datasets, "default_data_dir")
     monkeypatch.setenv("METAREG_DATA_DIR", str(tmp_path / "d"))

@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from conftest import REPO
-from metareg.demo import main as demo_main
+from metareg.app.demo import main as demo_main
 
 
 def test_demo_writes_every_output_and_a_report_with_its_panels(tmp_path, capsys):

@@ -401,7 +401,7 @@ def test_cmake_builds_and_installs_the_module_layout(tmp_path, module_cmake):
         assert files == expected, (sorted(expected - files), sorted(files - expected))
     everything = {p.relative_to(tmp_path / "install") for p in (tmp_path / "install").rglob("*") if p.is_file()}
     assert all(modules_dir in p.parents for p in everything), "nothing is installed outside qt-scripted-modules"
-    # Where the module looks: MetaRegistrationLib.sampledata and metareg.modelio.default_zoo_dir.
+    # Where the module looks: MetaRegistrationLib.sampledata and metareg.core.modelio.default_zoo_dir.
     tree = tmp_path / "install" / modules_dir
     assert (tree / "Resources/UI/MetaRegistration.ui").read_bytes() == (
         MODULE_DIR / "Resources/UI/MetaRegistration.ui").read_bytes()
@@ -411,7 +411,7 @@ def test_cmake_builds_and_installs_the_module_layout(tmp_path, module_cmake):
     assert sorted(tests) == ["MetaRegistration.py", "qSlicerMetaRegistrationModuleGenericTest.py"]
 
     # The installed module finds its own files there (Slicer puts qt-scripted-modules on sys.path).
-    probe = ("import json, metareg, metareg.modelio as m, MetaRegistrationLib.sampledata as s; print(json.dumps("
+    probe = ("import json, metareg, metareg.core.modelio as m, MetaRegistrationLib.sampledata as s; print(json.dumps("
              "[metareg.__file__, str(m.default_zoo_dir()), str(s.sample_data_dir()), "
              "str(s.resource_path('UI', 'MetaRegistration.ui')), "
              "str(s.resource_path('Icons', 'MetaRegistration.png'))]))")

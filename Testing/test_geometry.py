@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from metareg.geometry import (
+from metareg.core.geometry import (
     Grid,
     affine_to_field,
     field_to_transform,
@@ -24,8 +24,8 @@ from metareg.geometry import (
     warp_image,
     warp_tensor,
 )
-from metareg.metrics import ncc
-from metareg.prealign import affine_prealign
+from metareg.core.metrics import ncc
+from metareg.core.prealign import affine_prealign
 
 SHIFT_LPS_MM = np.array([3.7, -2.4, 5.1])
 
@@ -129,9 +129,9 @@ def test_model_grid_is_centred_on_fixed_with_its_direction(oblique_grids):
 @pytest.mark.parametrize("slab_voxels", [None, 50], ids=["one-slab", "slab-by-slab"])
 def test_known_shift_through_voxel_displacement_field_and_h5(oblique_grids, tmp_path, slab_voxels, monkeypatch):
     if slab_voxels is not None:  # the field is resampled onto the fixed grid slab by slab (large images)
-        import metareg.slabs
+        import metareg.core.slabs
 
-        monkeypatch.setattr(metareg.slabs, "SLAB_VOXELS", slab_voxels)
+        monkeypatch.setattr(metareg.core.slabs, "SLAB_VOXELS", slab_voxels)
     """A known translation, recovered from the images on the model grid, comes out as that translation in LPS mm."""
     fixed_grid, moving_grid = oblique_grids
     fixed = analytic_image(fixed_grid, blobs)
@@ -187,9 +187,9 @@ def test_prealignment_is_composed_into_the_field(oblique_grids, slab_voxels, mon
     """Checked against ITK's own TransformPoint at every voxel, also when the grid goes slab by slab (as large
     images do to bound memory)."""
     if slab_voxels is not None:
-        import metareg.slabs
+        import metareg.core.slabs
 
-        monkeypatch.setattr(metareg.slabs, "SLAB_VOXELS", slab_voxels)
+        monkeypatch.setattr(metareg.core.slabs, "SLAB_VOXELS", slab_voxels)
     fixed_grid, _ = oblique_grids
     fixed = fixed_grid.reference_image()
     affine = sitk.AffineTransform(3)
@@ -312,7 +312,7 @@ def test_regrid_displacement_keeps_a_known_warp_in_physical_space(oblique_grids)
 def test_warp_image_slab_by_slab_equals_one_resample(monkeypatch):
     """Large fields warp slab by slab, each through a transform of its own part of the field: bit-identical to one
     resample through the whole field (oblique, anisotropic grids; linear and nearest neighbour)."""
-    import metareg.slabs
+    import metareg.core.slabs
 
     rng = np.random.default_rng(0)
     moving = sitk.GetImageFromArray(rng.random((30, 40, 50)).astype(np.float32))
@@ -322,10 +322,10 @@ def test_warp_image_slab_by_slab_equals_one_resample(monkeypatch):
     field.SetSpacing((1.2, 1.0, 1.4))
     field.SetOrigin((-3.0, 2.0, 1.0))
     field.SetDirection(moving.GetDirection())
-    monkeypatch.setattr(metareg.slabs, "SLAB_VOXELS", 10**9)
+    monkeypatch.setattr(metareg.core.slabs, "SLAB_VOXELS", 10**9)
     whole = [sitk.GetArrayFromImage(warp_image(moving, field, kind)) for kind in (sitk.sitkLinear,
                                                                                  sitk.sitkNearestNeighbor)]
-    monkeypatch.setattr(metareg.slabs, "SLAB_VOXELS", 100)
+    monkeypatch.setattr(metareg.core.slabs, "SLAB_VOXELS", 100)
     for kind, expected in zip((sitk.sitkLinear, sitk.sitkNearestNeighbor), whole):
         warped = warp_image(moving, field, kind)
         assert warped.GetSize() == field.GetSize() and warped.GetOrigin() == field.GetOrigin()

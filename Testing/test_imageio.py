@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from metareg.errors import InputError, OutputError
-from metareg.imageio import read_image, write_image
+from metareg.core.errors import InputError, OutputError
+from metareg.core.imageio import read_image, write_image
 
 SPACING = (0.7, 1.3, 2.5)
 ORIGIN = (-12.5, 30.25, 7.0)

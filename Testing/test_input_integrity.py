@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from metareg.cli import main
-from metareg.imageio import read_image
+from metareg.app.cli import main
+from metareg.core.imageio import read_image
 
 SIZE, SPACING = (24, 20, 16), (1.2, 0.9, 2.0)
 FAST = ["--method", "iterative", "--iterations", "2,2", "--quiet"]
@@ -254,8 +254,8 @@ def test_a_singular_orientation_says_so_and_does_not_blame_the_format(capsys, fo
 _UNDER_A_MEMORY_LIMIT = """
 import resource, sys
 import SimpleITK as sitk
-from metareg.errors import MetaRegError
-from metareg.imageio import read_image, write_image
+from metareg.core.errors import MetaRegError
+from metareg.core.imageio import read_image, write_image
 image = sitk.Image([200, 200, 200], sitk.sitkFloat32) + 1.0 if sys.argv[1] == "write" else None
 in_use = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (in_use + 20 * 2**20, resource.RLIM_INFINITY))
@@ -291,10 +291,10 @@ def test_out_of_memory_is_reported_as_memory_not_as_a_format(tmp_path, operation
 _REGISTER_UNDER_A_MEMORY_LIMIT = """
 import resource, sys
 import torch
-import metareg.memory
-from metareg.cli import main
+import metareg.core.memory
+from metareg.app.cli import main
 torch.set_num_threads(1)
-metareg.memory.available_memory_bytes = lambda: 1 << 40  # the estimate misses it (another program took the memory)
+metareg.core.memory.available_memory_bytes = lambda: 1 << 40  # the estimate misses it (another program took the memory)
 in_use = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (in_use + 300 * 2**20, resource.RLIM_INFINITY))
 sys.exit(main(sys.argv[1:]))
@@ -303,7 +303,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_out_of_memory_while_registering_is_one_line(tmp_path):
     """torch cannot allocate the pyramid of a 160^3 pair under an address-space limit, the up-front estimate having
-    missed it (metareg.memory refuses such a pair before the work otherwise: test_clinical_size.py): one line,
+    missed it (metareg.core.memory refuses such a pair before the work otherwise: test_clinical_size.py): one line,
     exit 2, no output."""
     import subprocess
     import sys

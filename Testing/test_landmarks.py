@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from metareg.errors import InputError, OutputError
-from metareg.landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
+from metareg.core.errors import InputError, OutputError
+from metareg.core.landmarks import Landmarks, match_landmarks, read_landmarks, write_landmarks
 
 # Values that only survive a round trip written with full precision.
 LANDMARKS = Landmarks(
@@ -183,7 +183,7 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch
     def failing_replace(source, destination):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("metareg.imageio.os.replace", failing_replace)
+    monkeypatch.setattr("metareg.core.imageio.os.replace", failing_replace)
     with pytest.raises(OutputError, match="No space left on device") as raised:
         write_landmarks(LANDMARKS, path)
     assert str(path) in str(raised.value)

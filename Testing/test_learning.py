@@ -17,15 +17,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from metareg.augment import AugmentConfig
-from metareg.errors import InputError
-from metareg.geometry import warp_tensor
-from metareg.losses import LossConfig, registration_loss
-from metareg.modelio import load_model
-from metareg.networks import build_network
-from metareg.tasks import TaskData, adjacent_slice_pairs, load_task
-from metareg.card import GridSpec, ModelCard, Normalisation
-from metareg.training import (
+from metareg.learning.augment import AugmentConfig
+from metareg.core.errors import InputError
+from metareg.core.geometry import warp_tensor
+from metareg.core.losses import LossConfig, registration_loss
+from metareg.core.modelio import load_model
+from metareg.core.networks import build_network
+from metareg.learning.tasks import TaskData, adjacent_slice_pairs, load_task
+from metareg.core.card import GridSpec, ModelCard, Normalisation
+from metareg.learning.training import (
     Processes,
     ReptileConfig,
     RunFiles,
@@ -230,7 +230,7 @@ import sys, torch
 from pathlib import Path
 sys.path.insert(0, {testing!r})
 from test_learning import SPEC, datas, fresh_network
-from metareg.training import ReptileConfig, RunFiles, TrainConfig, reptile_loop, start_processes, train_loop
+from metareg.learning.training import ReptileConfig, RunFiles, TrainConfig, reptile_loop, start_processes, train_loop
 out, root = Path(sys.argv[1]), Path(sys.argv[2])
 processes = start_processes("cpu")
 network = fresh_network(4)
@@ -265,7 +265,7 @@ def test_torchrun_two_processes_match_one(task_root, tmp_path):
 
 
 def pretrain_command(task_root: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "metareg.cli", "pretrain", "--tasks", "brain-t1,brain-t2", "--data-dir",
+    return [sys.executable, "-m", "metareg.app.cli", "pretrain", "--tasks", "brain-t1,brain-t2", "--data-dir",
             str(task_root), "--dim", "2", "--grid", "64,64", "--architecture", json.dumps(TINY), "--steps", str(steps),
             "--batch-size", "2", "--checkpoint-every", "10", "--device", "cpu", "--out", str(out), *extra]
 
@@ -344,7 +344,7 @@ def test_a_resumed_run_may_change_its_length_but_not_its_settings(task_root, tmp
 
 
 def test_finetune_card_names_parent_data_steps_and_curve(task_root, tmp_path):
-    base = [sys.executable, "-m", "metareg.cli"]
+    base = [sys.executable, "-m", "metareg.app.cli"]
     parent = tmp_path / "parent.safetensors"
     subprocess.run(pretrain_command(task_root, parent, 5), check=True, env=ENV, timeout=300, capture_output=True)
     child = tmp_path / "child.safetensors"
@@ -368,7 +368,7 @@ def test_finetune_card_names_parent_data_steps_and_curve(task_root, tmp_path):
 
 
 def test_finetune_reports_progress_and_can_be_cancelled(task_root, tmp_path):
-    from metareg.errors import Cancelled
+    from metareg.core.errors import Cancelled
 
     fractions = []
     config = TrainConfig(steps=6, batch_size=2, checkpoint_every=2)

@@ -8,12 +8,12 @@ import warnings
 
 import pytest
 
-from metareg.cli import main
-from metareg.errors import RegistrationWarning
-from metareg.landmarks import Landmarks
-from metareg.modelio import load_model, save_model
-from metareg.networks import build_network
-from metareg.register import register
+from metareg.app.cli import main
+from metareg.core.errors import RegistrationWarning
+from metareg.core.landmarks import Landmarks
+from metareg.core.modelio import load_model, save_model
+from metareg.core.networks import build_network
+from metareg.core.registration import register
 from test_cli_errors import blobs, write
 
 SIZE, SPACING = (24, 20, 16), (1.2, 0.9, 2.0)

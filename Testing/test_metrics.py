@@ -1,4 +1,4 @@
-"""Tests of metareg.metrics against hand-computed and analytic values, on oblique, anisotropic grids."""
+"""Tests of metareg.core.metrics against hand-computed and analytic values, on oblique, anisotropic grids."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from metareg import metrics
-from metareg.errors import InputError
+from metareg.core import metrics
+from metareg.core.errors import InputError
 
 SPACING_3D = (0.8, 1.0, 2.5)
 
@@ -352,23 +352,23 @@ def test_mse_by_hand_with_and_without_mask():
 def test_jacobian_and_field_summary_slab_by_slab_equal_the_whole_computation(shape, monkeypatch):
     """Large grids are processed slab by slab (bounded memory); with slabs of one row the determinant is bit-identical
     to one slab holding the whole grid, borders included, and the statistics equal up to rounding."""
-    import metareg.slabs
+    import metareg.core.slabs
 
     field = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=shape), isVector=True)
     field.SetSpacing([0.7, 1.1, 2.0][: shape[-1]])
-    monkeypatch.setattr(metareg.slabs, "SLAB_VOXELS", 10**9)
+    monkeypatch.setattr(metareg.core.slabs, "SLAB_VOXELS", 10**9)
     whole, whole_summary = sitk.GetArrayFromImage(metrics.jacobian_determinant(field)), metrics.field_summary(field)
-    monkeypatch.setattr(metareg.slabs, "SLAB_VOXELS", 31)
-    assert len(metareg.slabs.slabs(shape[:-1])) == shape[0]  # one row per slab
+    monkeypatch.setattr(metareg.core.slabs, "SLAB_VOXELS", 31)
+    assert len(metareg.core.slabs.slabs(shape[:-1])) == shape[0]  # one row per slab
     assert np.array_equal(sitk.GetArrayFromImage(metrics.jacobian_determinant(field)), whole)
     summary = metrics.field_summary(field)  # statistics combined over slabs: equal up to rounding
     assert summary == {key: pytest.approx(value, rel=1e-12) for key, value in whole_summary.items()}
 
 
 def test_ncc_mse_and_jacobian_statistics_slab_by_slab_match_numpy(monkeypatch):
-    import metareg.slabs
+    import metareg.core.slabs
 
-    monkeypatch.setattr(metareg.slabs, "SLAB_VOXELS", 37)
+    monkeypatch.setattr(metareg.core.slabs, "SLAB_VOXELS", 37)
     rng = np.random.default_rng(3)
     a, b = rng.normal(5.0, 2.0, (9, 11, 13)), rng.normal(0.0, 1.0, (9, 11, 13))
     b = b + 0.7 * a

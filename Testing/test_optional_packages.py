@@ -48,7 +48,7 @@ BOOTSTRAP = textwrap.dedent("""
             del sys.modules[name]
     sys.meta_path[:] = [Hiding(finder) for finder in sys.meta_path]
 
-    from metareg.cli import main
+    from metareg.app.cli import main
 
     status = 0
     for argv in json.loads(sys.argv[1]):
@@ -70,7 +70,7 @@ def run_without_optional_packages(*commands: list[str], timeout: float = 240) ->
 
 def test_the_blocker_blocks():
     """The bootstrap really hides the packages (else the tests below would prove nothing)."""
-    probe = BOOTSTRAP.replace("from metareg.cli import main", "import importlib\n"
+    probe = BOOTSTRAP.replace("from metareg.app.cli import main", "import importlib\n"
                               "for n in ('tqdm', 'matplotlib', 'matplotlib.figure', 'tqdm.auto'):\n"
                               "    try:\n"
                               "        importlib.import_module(n)\n"
@@ -89,8 +89,8 @@ def tiny_parent(tmp_path):
     """A fresh tiny 2D network saved as a model (grid 32×32), the parent of the fine-tuning runs."""
     import torch
 
-    from metareg.modelio import save_model
-    from metareg.networks import build_network
+    from metareg.core.modelio import save_model
+    from metareg.core.networks import build_network
 
     torch.manual_seed(0)
     path = tmp_path / "parent.safetensors"
@@ -137,8 +137,9 @@ def test_registering_and_evaluating_without_tqdm_and_matplotlib(sample_dir, pair
 
 def test_the_plain_progress_fallback_has_the_interface_the_engine_uses(monkeypatch, capsys):
     """Without tqdm: the CLI's bar, training's bar and an iterated bar, printing plain lines on stderr."""
-    from metareg import cli, progress
-    from metareg.training import Processes, _progress
+    from metareg.app import cli
+    from metareg.core import progress
+    from metareg.learning.training import Processes, _progress
 
     monkeypatch.setitem(sys.modules, "tqdm", None)  # `from tqdm import tqdm` raises ImportError
     bar = cli.ProgressBar(enabled=True, description="registering")
@@ -183,7 +184,7 @@ def other_backend():
 
 
 def test_the_training_loss_plot_leaves_the_backend_alone(other_backend, tmp_path):
-    from metareg.training import plot_loss_curves
+    from metareg.learning.training import plot_loss_curves
 
     rows = [{"step": s, "loss": 1 / (s + 1), "similarity": 0.5 / (s + 1), "regulariser": 0.01} for s in range(30)]
     path = tmp_path / "run.loss.png"
@@ -194,8 +195,8 @@ def test_the_training_loss_plot_leaves_the_backend_alone(other_backend, tmp_path
 
 
 def test_the_png_report_leaves_the_backend_alone(other_backend, sample_dir, tmp_path):
-    from metareg.geometry import Grid, resample_onto
-    from metareg.visualize import render_report_png
+    from metareg.core.geometry import Grid, resample_onto
+    from metareg.app.visualize import render_report_png
 
     fixed = sitk.ReadImage(str(sample_dir / "brain2d_fixed.nii.gz"))
     moving = sitk.ReadImage(str(sample_dir / "brain2d_moving.nii.gz"))
@@ -211,8 +212,8 @@ def test_the_png_report_leaves_the_backend_alone(other_backend, sample_dir, tmp_
 
 
 def test_the_png_report_without_matplotlib_names_it(monkeypatch, sample_dir, tmp_path):
-    from metareg.errors import MetaRegError
-    from metareg.visualize import render_report_png
+    from metareg.core.errors import MetaRegError
+    from metareg.app.visualize import render_report_png
 
     for name in [n for n in sys.modules if n.split(".")[0] == "matplotlib"]:
         monkeypatch.delitem(sys.modules, name)

@@ -34,15 +34,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from metareg.cli import main
-from metareg.imageio import output_files, write_image
-from metareg.modelio import load_model, save_model, sha256_of
-from metareg.networks import build_network
+from metareg.app.cli import main
+from metareg.core.imageio import output_files, write_image
+from metareg.core.modelio import load_model, save_model, sha256_of
+from metareg.core.networks import build_network
 
 SIZE, SPACING = (20, 18, 16), (1.2, 0.9, 2.0)
 FAST = ["--iterations", "2,2"]
 TINY_UNET = {"family": "unet", "dim": 3, "encoder_channels": [4, 4], "decoder_channels": [4, 4, 4]}
-CLI = [sys.executable, "-m", "metareg.cli"]
+CLI = [sys.executable, "-m", "metareg.app.cli"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -21,15 +21,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from metareg.card import GridSpec, ModelCard
-from metareg.cli import main
-from metareg.errors import InputError, ModelError, ParameterError
-from metareg.iterative import IterativeConfig
-from metareg.losses import LossConfig
-from metareg.modelio import load_model, save_model
-from metareg.networks import build_network
-from metareg.register import register
-from metareg.training import CHECKPOINT_NAME, Processes, RunFiles, TrainConfig, save_checkpoint, train_loop
+from metareg.core.card import GridSpec, ModelCard
+from metareg.app.cli import main
+from metareg.core.errors import InputError, ModelError, ParameterError
+from metareg.core.iterative import IterativeConfig
+from metareg.core.losses import LossConfig
+from metareg.core.modelio import load_model, save_model
+from metareg.core.networks import build_network
+from metareg.core.registration import register
+from metareg.learning.training import CHECKPOINT_NAME, Processes, RunFiles, TrainConfig, save_checkpoint, train_loop
 from test_cli_errors import (FAST, TINY_UNET, blobs, empty_zoo, fails_cleanly, inputs, out, pair,  # noqa: F401
                              register_fails, snapshot, write)
 
@@ -181,7 +181,7 @@ def test_weights_without_a_settings_digest_are_refused(inputs, tmp_path):
     save_file(load_file(str(weights)), str(weights))  # the same tensors, no metadata
     card_path = weights.with_suffix(".json")
     card = json.loads(card_path.read_text())
-    from metareg.modelio import sha256_of
+    from metareg.core.modelio import sha256_of
 
     card["sha256"] = sha256_of(weights)
     card_path.write_text(json.dumps(card))
@@ -190,7 +190,7 @@ def test_weights_without_a_settings_digest_are_refused(inputs, tmp_path):
 
 
 def test_the_zoo_cards_are_authentic():
-    from metareg.modelio import read_index
+    from metareg.core.modelio import read_index
 
     for entry in read_index(Path(__file__).resolve().parents[1] / "models"):
         model = load_model(Path(__file__).resolve().parents[1] / "models" / entry["file"])
@@ -206,8 +206,8 @@ TINY_2D = {"family": "unet", "dim": 2, "encoder_channels": [4, 4], "decoder_chan
 
 @pytest.fixture
 def task_data():
-    from metareg.card import Normalisation
-    from metareg.tasks import Pair, Task, TaskData
+    from metareg.core.card import Normalisation
+    from metareg.learning.tasks import Pair, Task, TaskData
 
     pair_ = Pair(fixed_image=blobs((48, 40), (1.0, 1.0)), moving_image=blobs((48, 40), (1.0, 1.0), 1.5))
     return [TaskData(Task("pairs", [pair_]), GridSpec((32, 32)), Normalisation())]
@@ -315,7 +315,7 @@ def test_evaluate_reports_each_bad_row_and_goes_on(inputs, tmp_path, capsys):
 
 
 def test_training_refuses_a_pairs_csv_with_a_bad_row(tmp_path):
-    from metareg.tasks import read_pairs_csv
+    from metareg.learning.tasks import read_pairs_csv
 
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("fixed,moving\na.nii.gz,b.nii.gz\nc.nii.gz,\n")

@@ -9,22 +9,22 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from metareg import losses
-from metareg.errors import Cancelled, InputError, ModelError
-from metareg.geometry import (
+from metareg.core import losses
+from metareg.core.errors import Cancelled, InputError, ModelError
+from metareg.core.geometry import (
     Grid,
     affine_to_field,
     map_points,
     warp_image,
     warp_tensor,
 )
-from metareg.iterative import IterativeConfig, register_iterative
-from metareg.landmarks import Landmarks, read_landmarks
-from metareg.modelio import load_model, save_model, sha256_of
-from metareg.networks import build_network
-from metareg.preprocess import prepare_pair
-from metareg.register import landmark_report, refinement_config, register
-from metareg.synthetic import invert_points, random_smooth_field
+from metareg.core.iterative import IterativeConfig, register_iterative
+from metareg.core.landmarks import Landmarks, read_landmarks
+from metareg.core.modelio import load_model, save_model, sha256_of
+from metareg.core.networks import build_network
+from metareg.core.preprocess import prepare_pair
+from metareg.core.registration import landmark_report, refinement_config, register
+from metareg.learning.synthetic import invert_points, random_smooth_field
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_label_maps_give_dice_and_surface_distances(sample_dir, tmp_path):
         assert row["hd95_after_mm"] < 3.0 and row["mean_surface_distance_after_mm"] < 1.0
     assert result.warped_labels.GetPixelID() == fixed_labels.GetPixelID()
     # through the command line: --fixed-labels/--moving-labels/--warped-labels
-    from metareg.cli import main
+    from metareg.app.cli import main
 
     paths = {}
     for name, image in (("f", fixed), ("m", moving), ("fl", fixed_labels), ("ml", moving_labels)):
@@ -163,8 +163,8 @@ def test_diffeomorphic_network_output_does_not_fold():
     raw = build_network({"family": "unet", "dim": 2})
     raw.load_state_dict(network.state_dict())
     assert disp.abs().max() > 1.0  # the test is not vacuous: the displacement is large
-    from metareg.geometry import voxel_displacement_to_physical, vector_image
-    from metareg.metrics import folding_fraction, jacobian_determinant
+    from metareg.core.geometry import voxel_displacement_to_physical, vector_image
+    from metareg.core.metrics import folding_fraction, jacobian_determinant
 
     grid = Grid((40, 48), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
     field = vector_image(voxel_displacement_to_physical(disp, grid), grid)
@@ -394,7 +394,7 @@ def test_mapped_points_follow_the_field(brain3d_result):
 def test_bspline_field_is_a_partition_of_unity_and_reproduces_a_ramp():
     """Control point k sits at voxel (k - 1) * s: constant coefficients give that constant, coefficients k give the
     ramp 1 + x / s, on every axis, and ceil(n / s) + 3 control points cover n voxels."""
-    from metareg.iterative import bspline_field
+    from metareg.core.iterative import bspline_field
 
     for spacing, shape in ((2, (7, 9, 5)), (4, (12, 10, 9))):
         control_shape = [-(-n // spacing) + 3 for n in shape]
@@ -409,8 +409,8 @@ def test_bspline_field_is_a_partition_of_unity_and_reproduces_a_ramp():
 def test_supersampled_warp_keeps_the_grid_and_shifts_exactly():
     """upsample_cubic2 keeps the voxels and their extent: warping it by a known half-voxel shift gives the shifted
     ramp (and quadratic) exactly, where linear interpolation of the original misses the quadratic."""
-    from metareg.geometry import warp_tensor
-    from metareg.iterative import upsample_cubic2
+    from metareg.core.geometry import warp_tensor
+    from metareg.core.iterative import upsample_cubic2
 
     x = torch.arange(10, dtype=torch.float32)
     image = (x.view(-1, 1) ** 2 + 3 * x.view(1, -1)).view(1, 1, 10, 10)
@@ -424,7 +424,7 @@ def test_supersampled_warp_keeps_the_grid_and_shifts_exactly():
 
 
 def test_bspline_levels_refine_from_a_start_and_check_their_settings():
-    from metareg.iterative import register_iterative
+    from metareg.core.iterative import register_iterative
 
     with pytest.raises(ValueError, match="control_spacing"):
         IterativeConfig(shrink_factors=(2, 1), iterations=(3, 3), control_spacing=(2,))

@@ -1,4 +1,4 @@
-"""The sample data in Resources/SampleData and the ground-truth generator metareg.synthetic.
+"""The sample data in Resources/SampleData and the ground-truth generator metareg.learning.synthetic.
 
 brain3d's moving image is a synthetic deformation of the fixed template (see Resources/SampleData/README.md); its
 truth is rebuilt here from brain3d_truth.json, which also checks that random_smooth_field is deterministic.
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from metareg.errors import InputError
-from metareg.landmarks import match_landmarks, read_landmarks
-from metareg.geometry import map_points, warp_image
-from metareg.synthetic import invert_points, random_smooth_field
+from metareg.core.errors import InputError
+from metareg.core.landmarks import match_landmarks, read_landmarks
+from metareg.core.geometry import map_points, warp_image
+from metareg.learning.synthetic import invert_points, random_smooth_field
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 
@@ -113,7 +113,7 @@ def test_brain2d_pair_is_two_real_slices_at_1mm():
     assert 0.6 < np.corrcoef(fixed_values.ravel(), moving_values.ravel())[0, 1] < 0.99
 
 
-# --- metareg.synthetic ---------------------------------------------------------------------------------------------
+# --- metareg.learning.synthetic ---------------------------------------------------------------------------------------------
 
 
 def small_oblique_image() -> sitk.Image:

@@ -21,9 +21,9 @@ import slicer  # noqa: E402  (slicer-core: installed by `./run test` through the
 import vtk  # noqa: E402
 
 from MetaRegistrationLib import convert, headless, logic, outputs, sampledata, views  # noqa: E402
-from metareg import metrics  # noqa: E402
-from metareg.geometry import Grid, map_points, vector_image  # noqa: E402
-from metareg.modelio import read_index  # noqa: E402
+from metareg.core import metrics  # noqa: E402
+from metareg.core.geometry import Grid, map_points, vector_image  # noqa: E402
+from metareg.core.modelio import read_index  # noqa: E402
 
 FAST = logic.RegistrationSettings(iterations=(40, 20, 10), checkerboard_squares=6)
 SLICE = convert.SliceGeometry(axis=2, z_lps=4.5, thickness=2.5, normal_sign=-1.0)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration")
 import slicer  # noqa: E402  (slicer-core: installed by `./run test` through the project's `slicer` extra)
 
 from MetaRegistrationLib import convert, headless, logic, outputs, sampledata, views  # noqa: E402
-from metareg import metrics  # noqa: E402
+from metareg.core import metrics  # noqa: E402
 
 FAST = logic.RegistrationSettings(iterations=(40, 20, 10), checkerboard_squares=6)
 SEGMENTS = ("tissue", "bright")
@@ -429,8 +429,8 @@ def test_landmarks_view_shows_fixed_and_registered_landmarks(brain3d_run, screen
 def test_a_network_model_file_with_adaptation_steps_runs_through_the_logic(brain3d_run, tmp_path):
     """A tiny (untrained) 3D network from a .safetensors file, adapted for 3 steps: the Logic loads it by path, the
     outputs come out on the fixed grid, and the loss curve is the adaptation's."""
-    from metareg.modelio import save_model
-    from metareg.networks import build_network
+    from metareg.core.modelio import save_model
+    from metareg.core.networks import build_network
 
     network = build_network({"family": "unet", "dim": 3, "encoder_channels": [4, 4], "decoder_channels": [4, 4, 4]})
     card = {"purpose": "test", "grid": {"size": [32, 32, 32], "spacing": None}, "loss": {"similarity": "lncc"},

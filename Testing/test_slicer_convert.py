@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration")
 import slicer  # noqa: E402  (slicer-core: installed by `./run test` through the project's `slicer` extra)
 
 from MetaRegistrationLib import convert, headless  # noqa: E402
-from metareg.geometry import field_to_transform, map_points  # noqa: E402
+from metareg.core.geometry import field_to_transform, map_points  # noqa: E402
 
 
 @pytest.fixture()
@@ -46,7 +46,7 @@ def oblique_image(pixel_type=np.int16) -> sitk.Image:
 
 def smooth_field(reference: sitk.Image, amplitude_mm=4.0) -> sitk.Image:
     """A smooth, known displacement field (LPS mm) on ``reference``'s grid."""
-    from metareg.geometry import Grid, vector_image
+    from metareg.core.geometry import Grid, vector_image
 
     grid = Grid.from_image(reference)
     points = grid.physical_points()
@@ -135,7 +135,7 @@ def test_markups_become_lps_landmarks_and_back(scene):
 
 def test_sample_landmarks_read_by_slicer_equal_the_engine_reading(scene, sample_dir):
     """Slicer's own .mrk.json reader and the engine's reader agree to the micrometre (the file is LPS)."""
-    from metareg.landmarks import read_landmarks
+    from metareg.core.landmarks import read_landmarks
 
     path = sample_dir / "brain3d_fixed_landmarks.mrk.json"
     storage = slicer.vtkMRMLMarkupsJsonStorageNode()

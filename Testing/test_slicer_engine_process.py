@@ -315,7 +315,7 @@ def test_the_worker_exits_when_its_parent_dies(tmp_path):
 
 
 def test_job_options_become_the_command_line_of_metareg():
-    from metareg.worker import job_argv
+    from metareg.app.worker import job_argv
 
     argv = job_argv({"command": "register", "options": {
         "fixed": "f.mha", "adapt_steps": 5, "affine": False, "diffeomorphic": False, "uncompressed": True,
@@ -330,7 +330,7 @@ def test_the_worker_reports_json_lines_and_an_error_for_a_bad_job(tmp_path):
     (tmp_path / "job.json").write_text(json.dumps({"command": "register", "options": {
         "fixed": "missing.mha", "moving": "missing.mha", "method": "iterative"}}))
     env = dict(os.environ, PYTHONPATH=str(jobs.engine_folder()))
-    done = subprocess.run([sys.executable, "-m", "metareg.worker", str(tmp_path)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "metareg.app.worker", str(tmp_path)], capture_output=True, text=True,
                           env=env, timeout=120, stdin=subprocess.DEVNULL)
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert events[0]["event"] == "start" and events[0]["engine"]["version"]

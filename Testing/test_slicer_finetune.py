@@ -20,8 +20,8 @@ TINY = {"family": "unet", "dim": 3, "encoder_channels": [4, 8], "decoder_channel
 
 @pytest.fixture(scope="module")
 def parent_model(tmp_path_factory):
-    from metareg.modelio import save_model
-    from metareg.networks import build_network
+    from metareg.core.modelio import save_model
+    from metareg.core.networks import build_network
 
     import torch
 
@@ -43,7 +43,7 @@ def scene_volumes(sample_dir):
 
 
 def test_adapting_a_model_to_scene_volumes_saves_a_new_model_with_its_card(scene_volumes, parent_model, tmp_path):
-    from metareg.modelio import load_model, sha256_of
+    from metareg.core.modelio import load_model, sha256_of
 
     scene, fixed, moving = scene_volumes
     before = {node.GetID(): node_checksum(node) for node in [fixed, *moving]}

@@ -3,7 +3,7 @@ iterative settings): when the user moves a landmark, adds a fixed/moving pair wi
 TRE table follows, recomputed from the output transform's field with no new registration.
 
 Expected numbers come from the engine's own field (the one the worker wrote, read back by the job), mapped with
-:func:`metareg.geometry.map_points`, and from VTK's transform from parent (an independent path, to 0.1 µm).
+:func:`metareg.core.geometry.map_points`, and from VTK's transform from parent (an independent path, to 0.1 µm).
 """
 
 import hashlib
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration")
 import slicer  # noqa: E402  (slicer-core: installed by `./run test` through the project's `slicer` extra)
 
 from MetaRegistrationLib import convert, headless, landmarkwatch, logic, outputs, sampledata, views  # noqa: E402
-from metareg.geometry import map_points  # noqa: E402
+from metareg.core.geometry import map_points  # noqa: E402
 
 FAST = logic.RegistrationSettings(iterations=(40, 20, 10), checkerboard_squares=6)
 SHIFT_RAS = np.array([3.0, 0.0, 0.0])  # the known move of a moving landmark: 3 mm to the right

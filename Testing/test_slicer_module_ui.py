@@ -418,5 +418,5 @@ def test_install_goes_through_the_pytorch_extension_with_the_version_requirement
 
 
 def test_picking_a_model_before_torch_is_installed_gives_no_defaults_and_no_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "metareg.modelio", None)  # import fails as without torch
+    monkeypatch.setitem(sys.modules, "metareg.core.modelio", None)  # import fails as without torch
     assert MetaRegistrationLib.logic.card_defaults("brain-mr-3d-reptile") == MetaRegistrationLib.logic.CardDefaults()

@@ -22,8 +22,8 @@ def test_self_test_uses_the_smallest_3d_zoo_model_when_there_is_one(tmp_path):
     it for a few steps (no registration here)."""
     import json
 
-    from metareg.modelio import save_model
-    from metareg.networks import build_network
+    from metareg.core.modelio import save_model
+    from metareg.core.networks import build_network
 
     assert selftest.self_test_settings(tmp_path).model == logic.ITERATIVE  # no index: iterative method
     entries = []

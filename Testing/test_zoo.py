@@ -8,9 +8,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REPO
-from metareg.landmarks import read_landmarks
-from metareg.modelio import load_model, read_index, sha256_of
-from metareg.register import register
+from metareg.core.landmarks import read_landmarks
+from metareg.core.modelio import load_model, read_index, sha256_of
+from metareg.core.registration import register
 
 ZOO = REPO / "models"
 ENTRIES = read_index(ZOO)

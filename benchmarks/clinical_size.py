@@ -17,7 +17,7 @@ refinement steps) and the built-in iterative method at its defaults. Each run is
 ``run_measured``) calling ``metareg register`` with ``--warped``, ``--field``, ``--jacobian``, ``--transform`` (.h5)
 and ``--report`` outputs (compressed NIfTI), so the peak memory includes reading the inputs, writing and checking every
 output. Columns: ``register_s`` — the report's total seconds of registration; ``command_s`` — the whole command, writing
-included; ``peak_mib`` — the peak resident memory of that process; ``estimate_mib`` — what :mod:`metareg.memory`
+included; ``peak_mib`` — the peak resident memory of that process; ``estimate_mib`` — what :mod:`metareg.core.memory`
 estimated before the work; TRE before → after on the landmarks (mm); folding. Outputs:
 ``<out-dir>/clinical-size{,-quick}.{csv,md,json}`` (default benchmarks/results/).
 """
@@ -45,10 +45,10 @@ METHODS = {"brain-mr-3d-reptile (card defaults)": ["--model", "brain-mr-3d-repti
 
 def make_pair(case: dict, folder: Path) -> tuple[Path, Path, tuple[int, ...], tuple[float, ...]]:
     """The sample pair resampled (linear) onto the case's grid over the same field of view
-    (:func:`metareg.geometry.model_grid_on_fixed`), written uncompressed."""
+    (:func:`metareg.core.geometry.model_grid_on_fixed`), written uncompressed."""
     import SimpleITK as sitk
 
-    from metareg.geometry import model_grid_on_fixed
+    from metareg.core.geometry import model_grid_on_fixed
 
     paths = []
     for name in ("fixed", "moving"):
@@ -64,7 +64,7 @@ def make_pair(case: dict, folder: Path) -> tuple[Path, Path, tuple[int, ...], tu
 
 def job_register(fixed: str, moving: str, method: list[str], out: str) -> dict:
     """One `metareg register` run in this (fresh) process; the report and the command's wall seconds."""
-    from metareg.cli import main
+    from metareg.app.cli import main
 
     landmarks = ["--fixed-landmarks", str(SAMPLES / "brain3d_fixed_landmarks.mrk.json"),
                  "--moving-landmarks", str(SAMPLES / "brain3d_moving_landmarks.mrk.json")]
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         "CT-sized pair has a CT's voxel count, not its contrast.",
         "register_s is the report's total; command_s the whole `metareg register` run with its five outputs written "
         "(compressed NIfTI, each read back and checked) and the .h5 transform; peak_mib the peak resident memory of "
-        "that process, the interpreter, torch and the two input images included; estimate_mib what metareg.memory "
+        "that process, the interpreter, torch and the two input images included; estimate_mib what metareg.core.memory "
         "estimated the registration would add before it started.",
         "The work grid of the iterative method and the refinement is the fixed grid coarsened to at most 128³ "
         "voxels (work_grid); the field, the warped image and the Jacobian are on the fixed image's full grid.",

@@ -89,22 +89,22 @@ class LandmarkPair:
 
     @property
     def tre_before_mm(self) -> float:
-        from metareg import metrics
+        from metareg.core import metrics
 
         return float(metrics.landmark_distances_mm(self.fixed_points, self.moving_points).mean())
 
     def tre_mm(self, field) -> np.ndarray:
         """Per-landmark TRE (mm) of a displacement field (fixed grid, LPS mm, fixed point ↦ moving point)."""
-        from metareg import metrics
-        from metareg.geometry import map_points
+        from metareg.core import metrics
+        from metareg.core.geometry import map_points
 
         return metrics.landmark_distances_mm(map_points(field, self.fixed_points), self.moving_points)
 
 
 def landmark_pairs(task_name: str, limit: int | None = None, data_dir: str | None = None) -> list[LandmarkPair]:
     """The pairs of a task built by ``metareg data fetch`` that has landmarks (first ``limit`` only if given)."""
-    from metareg.landmarks import match_landmarks, read_landmarks
-    from metareg.tasks import default_data_dir, load_task
+    from metareg.core.landmarks import match_landmarks, read_landmarks
+    from metareg.learning.tasks import default_data_dir, load_task
 
     task = load_task(task_name, Path(data_dir) if data_dir else default_data_dir())
     pairs = task.pairs[:limit] if limit else task.pairs

@@ -16,7 +16,7 @@ unseen target domain is fundus photographs: ``fundus-2d-finetune`` (18 pairs, th
 - **Ours (short / long)**: ``multidomain-2d-reptile`` (task-level Reptile from the pretrained model) fine-tuned the
   same way.
 
-All training goes through :func:`metareg.training.finetune` / :func:`metareg.training.pretrain` with one recipe:
+All training goes through :func:`metareg.learning.training.finetune` / :func:`metareg.learning.training.pretrain` with one recipe:
 Adam, learning rate 1e-4 (``--lr``), batch 4, no augmentation (``--augment zoo``: the zoo models' rotation ±8°,
 shift ±5 %, smooth deformation ≤ 3 voxels), loss = local NCC (9×9 window) + 1.0 × gradient L2 of the displacement
 (the zoo cards' loss), seed 0. The same seed means Fine-tune and Ours see the same pairs (and augmentations) at every
@@ -24,7 +24,7 @@ step. The curves (Fig. 3) come from one long run per start, taken in segments (`
 checkpoint at each evaluation step is evaluated, then training continues from it, so the curve is the long run itself.
 
 Measured on the test pairs (the first ``--test-pairs`` only in quick mode), after registering each pair with the
-network (no test-time adaptation) through :func:`metareg.register.register`:
+network (no test-time adaptation) through :func:`metareg.core.registration.register`:
 
 - TRE (mm): mean over the pair's 20 landmarks of |φ(p) − q|, φ the registration's field (fixed point ↦ moving point,
   LPS mm on the fixed image's grid); then mean ± sd over pairs. The fundus pixel is 1 "mm" by convention (DATA.md).
@@ -87,8 +87,8 @@ QUICK = {"short": 2, "long": 4, "scratch": 4, "test_pairs": 3}
 
 def train_config(steps: int, checkpoint_every: int, recipe: dict):
     """The benchmark's one training recipe (``recipe``: learning_rate and augment) for ``steps`` steps."""
-    from metareg.augment import AugmentConfig
-    from metareg.training import TrainConfig
+    from metareg.learning.augment import AugmentConfig
+    from metareg.learning.training import TrainConfig
 
     return TrainConfig(steps=steps, batch_size=BATCH_SIZE, learning_rate=recipe["learning_rate"],
                        augment=AugmentConfig(**recipe["augment"]), seed=SEED, checkpoint_every=checkpoint_every)
@@ -96,7 +96,7 @@ def train_config(steps: int, checkpoint_every: int, recipe: dict):
 
 def evaluate(model, pairs) -> dict:
     """Register every test pair with ``model`` (no adaptation): per-pair TRE (mm), NCC after, folding fraction."""
-    from metareg.register import register
+    from metareg.core.registration import register
 
     tre, ncc, folding = [], [], []
     for pair in pairs:
@@ -111,9 +111,9 @@ def evaluate_identity(pairs) -> dict:
     """The identity: TRE of the landmarks as they are; NCC of fixed and moving (moving resampled on the fixed grid)."""
     import SimpleITK as sitk
 
-    from metareg import metrics
-    from metareg.geometry import Grid, resample_onto
-    from metareg.register import overlap_mask
+    from metareg.core import metrics
+    from metareg.core.geometry import Grid, resample_onto
+    from metareg.core.registration import overlap_mask
 
     tre, ncc = [], []
     for pair in pairs:
@@ -148,9 +148,9 @@ def job_finetune_curve(parent: str, long_steps: int, points: list[int], out: str
 
     Returns the per-point evaluations, the loss log of the whole run and the optimiser-step seconds.
     """
-    from metareg.modelio import LoadedModel, load_model
-    from metareg.tasks import default_data_dir, load_task
-    from metareg.training import finetune, load_checkpoint
+    from metareg.core.modelio import LoadedModel, load_model
+    from metareg.learning.tasks import default_data_dir, load_task
+    from metareg.learning.training import finetune, load_checkpoint
 
     out_path = Path(out)
     fresh_run_files(out_path)
@@ -185,10 +185,10 @@ def job_finetune_curve(parent: str, long_steps: int, points: list[int], out: str
 def job_train(parent: str | None, tasks: list[str], steps: int, out: str, test_pairs: int | None, command: str,
               recipe: dict) -> dict:
     """Train one model in one go (``finetune`` from ``parent``, or ``pretrain`` from scratch) and evaluate it."""
-    from metareg.modelio import load_model
-    from metareg.tasks import default_data_dir, load_task
-    from metareg.card import RefinementDefaults
-    from metareg.training import finetune, pretrain
+    from metareg.core.modelio import load_model
+    from metareg.learning.tasks import default_data_dir, load_task
+    from metareg.core.card import RefinementDefaults
+    from metareg.learning.training import finetune, pretrain
 
     out_path = Path(out)
     fresh_run_files(out_path)
@@ -211,7 +211,7 @@ def job_train(parent: str | None, tasks: list[str], steps: int, out: str, test_p
 
 
 def job_evaluate(model_name: str, test_pairs: int | None) -> dict:
-    from metareg.modelio import load_model
+    from metareg.core.modelio import load_model
 
     pairs = landmark_pairs(TEST_TASK, limit=test_pairs)
     return {"identity": evaluate_identity(pairs), "evaluation": evaluate(load_model(model_name), pairs)}
@@ -459,8 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         "TRE mm: per pair the mean over its landmarks of |φ(p) − q| (φ: the registration's field, fixed point ↦ moving "
         "point, LPS mm); mean ± sd over pairs. NCC after: global NCC of fixed and warped moving on the fixed grid over "
         "the region both see. No test-time adaptation anywhere (adapt_steps = 0).",
-        f"One recipe for every trained row, through metareg.training.finetune (Fine-tune, Ours) and "
-        f"metareg.training.pretrain (Model-Seen/Unseen, fresh weights, seed 0): Adam lr {args.lr:g}, batch "
+        f"One recipe for every trained row, through metareg.learning.training.finetune (Fine-tune, Ours) and "
+        f"metareg.learning.training.pretrain (Model-Seen/Unseen, fresh weights, seed 0): Adam lr {args.lr:g}, batch "
         f"{BATCH_SIZE}, {describe_augment(args.augment)}, loss "
         "local NCC (9×9) + 1.0 × gradient L2, seed 0; the 2D zoo architecture (U-Net encoder [16,32,32,32], decoder "
         "[32,32,32,32,16,16], 128×128 model grid, 91k parameters)."

@@ -2,7 +2,7 @@
 
 Every runner returns ``(field, seconds)`` where ``field`` is a SimpleITK displacement field (``sitkVectorFloat64``,
 LPS mm) on the fixed image's grid, fixed point ``x`` ↦ moving point ``x + d(x)`` — what elastix's ``transformix -def``
-writes — so TRE is measured the same way for everyone (:func:`metareg.geometry.map_points`), and ``seconds`` is the
+writes — so TRE is measured the same way for everyone (:func:`metareg.core.geometry.map_points`), and ``seconds`` is the
 wall time (``time.perf_counter``) of the registration itself: no reading or writing of the inputs, no conversion of the
 result into the field. Each runner uses ``threads`` CPU threads.
 
@@ -15,7 +15,7 @@ result into the field. Each runner uses ``threads`` CPU threads.
   forward transforms (``[warp, affine]``) are composed into one displacement field by ANTs itself
   (``antsApplyTransforms`` with the fixed image as reference, the same call that warps the moving image), so the
   field is exactly the map ANTs uses to pull the moving image onto the fixed grid.
-- **SimpleITK B-spline** (:func:`run_sitk_bspline`): a SimpleITK affine stage (:func:`metareg.prealign.affine_prealign`:
+- **SimpleITK B-spline** (:func:`run_sitk_bspline`): a SimpleITK affine stage (:func:`metareg.core.prealign.affine_prealign`:
   Mattes MI, regular-step gradient descent, shrink 4/2/1) and then a cubic B-spline transform with a 10 mm final
   control-point spacing (mesh doubled over three levels, shrink 4/2/1), Mattes MI (32 bins, 10 000 random samples a
   level), L-BFGS (20 iterations a level).
@@ -129,7 +129,7 @@ def _on_fixed_grid(field: sitk.Image, fixed: sitk.Image, what: str) -> sitk.Imag
 
 def _compose_affine(inner: sitk.Image, affine: sitk.Transform) -> sitk.Image:
     """The field of ``x ↦ A(x + u(x))`` on ``inner``'s grid, ``u`` = ``inner`` (LPS mm), ``A`` affine (fixed → moving)."""
-    from metareg.geometry import Grid, affine_matrix_offset, vector_image
+    from metareg.core.geometry import Grid, affine_matrix_offset, vector_image
 
     grid = Grid.from_image(inner)
     matrix, offset = affine_matrix_offset(affine, grid.dim)
@@ -144,8 +144,8 @@ def _affine_stage(fixed: sitk.Image, moving: sitk.Image) -> tuple[sitk.Transform
     The deformable SimpleITK peers register ``fixed`` to this resampled image, so their own field ``u`` composes with
     the affine ``A`` as ``x ↦ A(x + u(x))`` without any question of transform order.
     """
-    from metareg.geometry import Grid, resample_onto
-    from metareg.prealign import affine_prealign
+    from metareg.core.geometry import Grid, resample_onto
+    from metareg.core.prealign import affine_prealign
 
     affine = affine_prealign(fixed, moving)
     return affine, resample_onto(moving, Grid.from_image(fixed), affine)
@@ -334,7 +334,7 @@ def voxelmorph_network(dim: int):
     """``voxelmorph.nn.models.VxmPairwise`` with the package's defaults (U-Net 16×5 features, 5 integration steps).
 
     Its displacement ``(B, dim, *spatial)`` is in voxels, channel ``c`` along tensor axis ``c``, sampled as
-    ``moving(p + d(p))`` with ``align_corners=True`` — the convention of :mod:`metareg.geometry` (checked by the tests).
+    ``moving(p + d(p))`` with ``align_corners=True`` — the convention of :mod:`metareg.core.geometry` (checked by the tests).
     """
     import voxelmorph as vxm
 
@@ -347,18 +347,18 @@ def train_voxelmorph(card_path: str | Path, steps: int, out: str | Path, seed: i
 
     From the card: the tasks (all of them, pooled), the model grid, the intensity normalisation, the batch size, the
     Adam learning rate, the augmentation and the seed; pairs are drawn and augmented exactly as
-    :func:`metareg.training.train_loop` draws them (counter-based generator per step and slot). The loss is
+    :func:`metareg.learning.training.train_loop` draws them (counter-based generator per step and slot). The loss is
     VoxelMorph's (``−NCC + λ · grad``), not ours. Returns the record written to the JSON (steps, seconds, loss curve).
     """
     import torch
     from neurite.nn.modules import NCC, SpatialGradient
     from safetensors.torch import save_file
 
-    from metareg.augment import AugmentConfig
-    from metareg.tasks import default_data_dir, load_task
-    from metareg.training import PairPool, TaskData, draw_sample, generator
+    from metareg.learning.augment import AugmentConfig
+    from metareg.learning.tasks import default_data_dir, load_task
+    from metareg.learning.training import PairPool, TaskData, draw_sample, generator
 
-    from metareg.modelio import read_card
+    from metareg.core.modelio import read_card
 
     card = read_card(Path(card_path))
     training = card.training
@@ -415,16 +415,16 @@ def run_voxelmorph(fixed: sitk.Image, moving: sitk.Image, weights: str | Path, t
     """Register with a trained VoxelMorph network; seconds: resampling onto the model grid, inference, field.
 
     The pair goes onto the model grid placed on the fixed image with the card's normalisation, exactly as our networks
-    see it (:func:`metareg.preprocess.prepare_pair`), and the voxel displacement becomes the field through the same
-    conversion as ours (:func:`metareg.geometry.network_displacement_to_field`).
+    see it (:func:`metareg.core.preprocess.prepare_pair`), and the voxel displacement becomes the field through the same
+    conversion as ours (:func:`metareg.core.geometry.network_displacement_to_field`).
     """
     import torch
     from safetensors.torch import load_file
 
-    from metareg.card import GridSpec, Normalisation
-    from metareg.geometry import network_displacement_to_field
-    from metareg.prealign import affine_prealign
-    from metareg.preprocess import prepare_pair
+    from metareg.core.card import GridSpec, Normalisation
+    from metareg.core.geometry import network_displacement_to_field
+    from metareg.core.prealign import affine_prealign
+    from metareg.core.preprocess import prepare_pair
 
     torch.set_num_threads(threads)
     weights = Path(weights)

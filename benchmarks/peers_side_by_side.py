@@ -21,7 +21,7 @@ Methods (every one on ``--threads`` CPU threads, default 1: elastix ``-threads``
   (2500 steps, about 10 minutes on one thread); the weights are cached under ``--cache-dir`` (git-ignored) so a
   rerun does not retrain. Not in 3D (the notes say why, with the measured time of one 3D training step);
 - ours: the zoo model (``--model-2d`` / ``--model-3d``) with 0 and with ``--adapt-steps`` test-time adaptation steps,
-  and our iterative method (:func:`metareg.register.register` without a model). A missing zoo model is reported and
+  and our iterative method (:func:`metareg.core.registration.register` without a model). A missing zoo model is reported and
   only its rows are left out.
 
 Measured per method, over the pairs (each method's pairs run in one fresh process, :func:`common.run_measured`):
@@ -31,7 +31,7 @@ Measured per method, over the pairs (each method's pairs run in one fresh proces
   against known synthetic warps, not between two real subjects.
 - NCC after: global normalised cross-correlation of the fixed image and the moving image warped through the field,
   over the fixed-grid region that sees the moving image both without a transform and through the field (as
-  :func:`metareg.register.register` reports it); mean ± sd over pairs.
+  :func:`metareg.core.registration.register` reports it); mean ± sd over pairs.
 - folding %: percentage of fixed-grid voxels with Jacobian determinant ≤ 0, mean over pairs.
 - s/pair: wall seconds of the registration itself (``time.perf_counter``; no file I/O, no metrics), mean over pairs.
 - peak MiB: peak resident memory of the process that ran the method on all its pairs (Python, torch and SimpleITK
@@ -99,7 +99,7 @@ def shrink_pair(pair, factor: int):
 def _ours(fixed, moving, model, adapt_steps: int, threads: int):
     """Our network (adapted, not refined: `zoo_heldout.py` measures refinement); seconds = every stage up to the
     exported field (not the warped image or the metrics)."""
-    from metareg.register import register
+    from metareg.core.registration import register
 
     result = register(fixed, moving, model=model, adapt_steps=adapt_steps, refine_steps=0, device="cpu")
     stages = result.report["seconds"]
@@ -111,9 +111,9 @@ def measure_field(pair, field) -> dict:
     """TRE before/after (mm), NCC before/after on the common region, folding fraction of one pair's field."""
     import SimpleITK as sitk
 
-    from metareg import metrics
-    from metareg.geometry import Grid, resample_onto, warp_image
-    from metareg.register import overlap_mask
+    from metareg.core import metrics
+    from metareg.core.geometry import Grid, resample_onto, warp_image
+    from metareg.core.registration import overlap_mask
 
     fixed_array = sitk.GetArrayFromImage(pair.fixed).astype(np.float64)
     region = overlap_mask(pair.moving, field)
@@ -134,7 +134,7 @@ def job_method(method: str, task: str, limit: int | None, downsample: int, threa
     pairs = [shrink_pair(p, downsample) for p in landmark_pairs(task, limit=limit)]
     model = None
     if method == "ours-network":
-        from metareg.modelio import load_model
+        from metareg.core.modelio import load_model
 
         model = load_model(options["model"])
     rows = []
@@ -202,8 +202,8 @@ def job_voxelmorph_3d_step(grid: list[int], steps: int) -> dict:
 
 def zoo_card(name_or_path: str) -> tuple[Path | None, str]:
     """The card path of a zoo name or model file, or ``(None, why not)``."""
-    from metareg.errors import MetaRegError
-    from metareg.modelio import resolve_model
+    from metareg.core.errors import MetaRegError
+    from metareg.core.modelio import resolve_model
 
     try:
         weights, _ = resolve_model(name_or_path)
@@ -233,7 +233,7 @@ def peer_versions() -> dict:
 
 def ensure_voxelmorph(cache: Path, steps: int, threads: int) -> tuple[Path, dict, float | None]:
     """The cached VoxelMorph weights for this budget, trained now (in a measured process) when missing or stale."""
-    from metareg.modelio import sha256_of
+    from metareg.core.modelio import sha256_of
 
     card, why = zoo_card(VXM_DATA_CARD_2D)
     if card is None:

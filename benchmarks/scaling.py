@@ -7,25 +7,25 @@ target: 160×192×160 inference within 4 GB peak memory on a CPU — and 2D 128�
 
 * **inference**: one forward pass of the network (``torch.no_grad``; for the 3D model this includes the scaling and
   squaring of its velocity field), wall seconds, median of ``--repeats`` passes after one warm-up pass;
-* **adaptation**: test-time adaptation steps (:func:`metareg.register.adapt_network`: forward, loss, backward, Adam)
+* **adaptation**: test-time adaptation steps (:func:`metareg.core.registration.adapt_network`: forward, loss, backward, Adam)
   on the same pair, wall seconds per step = median of the steps after the first (the first step is the warm-up),
   and the wall seconds of a whole 10-step adaptation: measured as one 10-step call up to ``--adapt10-max-voxels``
   voxels; above it only ``--adapt-steps-large`` steps are run and the 10-step time is *estimated* as first step +
   9 × median step (the table says which; on the sizes where both exist the JSON compares them);
-* **register()**: the whole :func:`metareg.register.register` call on the sample pair (resampling onto the model
+* **register()**: the whole :func:`metareg.core.registration.register` call on the sample pair (resampling onto the model
   grid, normalisation, network, voxel displacement → physical field on the fixed image's grid, warp of the moving
   image, metrics), wall seconds (median of ``--register-repeats`` calls after one warm-up call), with the model saved
-  to a temporary folder by :func:`metareg.modelio.save_model` with that grid size on its card and loaded back;
+  to a temporary folder by :func:`metareg.core.modelio.save_model` with that grid size on its card and loaded back;
 * **peak memory**: the peak resident set size (MiB) of a fresh process (:func:`common.run_measured`) that did only
   that one measurement at that one size (the interpreter with torch and SimpleITK loaded is part of it, ~0.3-0.5 GB);
   with ``--device cuda`` also the peak GPU memory torch allocated (``torch.cuda.max_memory_allocated``).
 
 Networks: the zoo's architectures — 3D: the brain zoo recipe (/work/zoo3/train3d.sh: U-Net, encoder [16,32,32,32],
 decoder [32,32,32,32,16,16], diffeomorphic, 7 scaling-and-squaring steps); 2D: the card of
-``models/multidomain-2d-reptile.json`` — built by :func:`metareg.networks.build_network` with random weights (the
+``models/multidomain-2d-reptile.json`` — built by :func:`metareg.core.networks.build_network` with random weights (the
 time and memory of a pass do not depend on the weights' values). Inputs: a real image pair (Resources/SampleData
 brain3d T1 pair, brain2d pair) resampled onto each grid and normalised exactly as registration does
-(:func:`metareg.preprocess.prepare_pair`). Loss of adaptation: local NCC (window 9) + gradient L2 (weight 1), the
+(:func:`metareg.core.preprocess.prepare_pair`). Loss of adaptation: local NCC (window 9) + gradient L2 (weight 1), the
 zoo models' loss.
 
 Growth with size: a least-squares fit of ``log seconds = a log voxels + b`` per dimension and measurement gives the
@@ -110,12 +110,12 @@ def _pair_on_grid(dim: int, size: tuple[int, ...], device):
     """The sample pair resampled onto a model grid of ``size`` placed on the fixed image, normalised, on ``device``."""
     import SimpleITK as sitk
 
-    from metareg.preprocess import prepare_pair
+    from metareg.core.preprocess import prepare_pair
 
     fixed_name, moving_name = PAIRS[dim]
     fixed = sitk.ReadImage(str(SAMPLES / fixed_name), sitk.sitkFloat32)
     moving = sitk.ReadImage(str(SAMPLES / moving_name), sitk.sitkFloat32)
-    from metareg.card import GridSpec, Normalisation
+    from metareg.core.card import GridSpec, Normalisation
 
     _, fixed_t, moving_t = prepare_pair(fixed, moving, GridSpec(tuple(size)), Normalisation(**NORMALISATION))
     return fixed_t.to(device), moving_t.to(device)
@@ -124,7 +124,7 @@ def _pair_on_grid(dim: int, size: tuple[int, ...], device):
 def _network(dim: int, device, seed: int = 0):
     import torch
 
-    from metareg.networks import build_network
+    from metareg.core.networks import build_network
 
     torch.manual_seed(seed)
     return build_network(architecture(dim)).to(device).eval()
@@ -134,7 +134,7 @@ def measure_inference(dim: int, size: tuple[int, ...], device_name: str, repeats
     """Forward passes (no gradient) at one grid size: seconds of each pass after one warm-up pass."""
     import torch
 
-    from metareg.device import resolve_device
+    from metareg.core.device import resolve_device
 
     device = resolve_device(device_name)
     fixed_t, moving_t = _pair_on_grid(dim, size, device)
@@ -156,9 +156,9 @@ def measure_inference(dim: int, size: tuple[int, ...], device_name: str, repeats
 
 def measure_adaptation(dim: int, size: tuple[int, ...], device_name: str, steps: int) -> dict:
     """One ``steps``-step test-time adaptation call at one grid size: its wall seconds and each step's seconds."""
-    from metareg.device import resolve_device
-    from metareg.losses import LossConfig
-    from metareg.register import adapt_network
+    from metareg.core.device import resolve_device
+    from metareg.core.losses import LossConfig
+    from metareg.core.registration import adapt_network
 
     device = resolve_device(device_name)
     fixed_t, moving_t = _pair_on_grid(dim, size, device)
@@ -187,9 +187,9 @@ def measure_register(dim: int, size: tuple[int, ...], device_name: str, repeats:
     import SimpleITK as sitk
     import torch
 
-    from metareg.device import resolve_device
-    from metareg.modelio import load_model, save_model
-    from metareg.register import register
+    from metareg.core.device import resolve_device
+    from metareg.core.modelio import load_model, save_model
+    from metareg.core.registration import register
 
     device = resolve_device(device_name)
     fixed_name, moving_name = PAIRS[dim]
@@ -438,7 +438,7 @@ def notes_for(rows, fits, checks, args, repeats, register_repeats) -> list[str]:
 
 
 def _parameters(dim: int) -> int:
-    from metareg.networks import build_network, count_parameters
+    from metareg.core.networks import build_network, count_parameters
 
     return count_parameters(build_network(architecture(dim)))
 

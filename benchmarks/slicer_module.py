@@ -7,11 +7,11 @@ Runs in slicer-core (real MRML, no desktop application), on the brain3d sample p
 landmarks included), and measures:
 
 1. **Overhead of the module path over the CLI**, same pair, same settings. CLI: the wall time of ``python -m
-   metareg.cli register --fixed ... --moving ... --fixed-landmarks ... --moving-landmarks ... --warped W.nii.gz
+   metareg.app.cli register --fixed ... --moving ... --fixed-landmarks ... --moving-landmarks ... --warped W.nii.gz
    --field F.nii.gz --jacobian J.nii.gz --report R.json --quiet`` as a subprocess (files in a temporary folder,
    compressed NIfTI outputs, as a user would write them). Module: the wall time of
    ``MetaRegistrationLogic(scene).start(...)`` (reads the nodes, writes them as uncompressed .mha, starts ``python -m
-   metareg.worker``), polling until ``job.done`` (every 10 ms; the module's GUI timer polls every 100 ms), then
+   metareg.app.worker``), polling until ``job.done`` (every 10 ms; the module's GUI timer polls every 100 ms), then
    ``finish(job)`` (creates the output nodes). The two alternate (CLI first in odd repeats, module first in even
    ones); the table has the median of each, the median of the paired differences (of the walls, and of the walls
    minus each path's own engine total: the overhead proper, which the engine's load-dependent time does not blur),
@@ -164,9 +164,9 @@ def zoo_setting(logic, name: str) -> Setting:
 
 
 def run_cli(setting: Setting, work: Path) -> dict:
-    """``python -m metareg.cli register`` on the sample pair as a subprocess: wall seconds and its report."""
+    """``python -m metareg.app.cli register`` on the sample pair as a subprocess: wall seconds and its report."""
     out = Path(tempfile.mkdtemp(prefix="cli-", dir=work))
-    command = [sys.executable, "-m", "metareg.cli", "register",
+    command = [sys.executable, "-m", "metareg.app.cli", "register",
                "--fixed", str(FILES["fixed"]), "--moving", str(FILES["moving"]),
                "--fixed-landmarks", str(FILES["fixed_landmarks"]), "--moving-landmarks", str(FILES["moving_landmarks"]),
                "--warped", str(out / "warped.nii.gz"), "--field", str(out / "field.nii.gz"),
@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Pair: brain3d sample (Resources/SampleData, 32 landmarks), device {', '.join(devices)}; {repeats} repeat(s), "
         "CLI and module alternating (CLI first in odd repeats); every value is wall seconds (time.perf_counter) "
         "unless the unit says x.",
-        "CLI: `python -m metareg.cli register ... --warped/--field/--jacobian *.nii.gz --report R.json --quiet` as a "
+        "CLI: `python -m metareg.app.cli register ... --warped/--field/--jacobian *.nii.gz --report R.json --quiet` as a "
         "subprocess (compressed NIfTI outputs, as a user writes them). Module: `MetaRegistrationLogic.start()` → "
         f"poll every {POLL_SECONDS * 1000:.0f} ms until done → `finish()` (output nodes created), in slicer-core; "
         "the worker reads and writes uncompressed .mha. Desktop Slicer's GUI timer polls every 100 ms, which adds up "

@@ -6,9 +6,9 @@
 Rows (Baum et al., Table 1, on our data):
 
 * **classical iterative** — ``register(fixed, moving)`` with no model: our direct multi-resolution optimisation of
-  the displacement field (local NCC + gradient L2, Adam; :mod:`metareg.iterative`, default settings);
+  the displacement field (local NCC + gradient L2, Adam; :mod:`metareg.core.iterative`, default settings);
 * **LocalNet** and **VoxelMorph-style U-Net** — reference networks trained here *the same way as each other* with
-  :func:`metareg.training.pretrain`: same data (``brain-mr-3d`` + ``brain-mr-3d-warp``), loss (local NCC + gradient
+  :func:`metareg.learning.training.pretrain`: same data (``brain-mr-3d`` + ``brain-mr-3d-warp``), loss (local NCC + gradient
   L2, weight 1), model grid, steps, batch size 1, Adam 1e-3, augmentation, seed 0, diffeomorphic head — the recipe of
   the 3D zoo model (/work/zoo3/train3d.sh; ``--recipe supervised``, the default: synthetic field supervision weight 1,
   augmentation 5°/3 %/3 voxels, no pre-alignment; ``--recipe affine``: the script's later version, affine
@@ -104,17 +104,17 @@ def cached_model_path(recipe: dict, cache_dir: Path) -> Path:
 
 
 def train_references(recipes: dict[str, dict], outs: dict[str, str], data_dir: str | None) -> dict:
-    """Train the reference networks one after the other with :func:`metareg.training.pretrain` (in a fresh process).
+    """Train the reference networks one after the other with :func:`metareg.learning.training.pretrain` (in a fresh process).
 
     The recipes differ only in the architecture, so the networks share one prepared copy of the training pairs
     (model grid, normalisation, affine pre-alignment): the pairs the training will draw are prepared first, timed
     apart, and every network then trains on the same tensors.
     """
-    from metareg.augment import AugmentConfig
-    from metareg.losses import LossConfig
-    from metareg.tasks import TaskData, default_data_dir, load_task
-    from metareg.card import GridSpec, ModelCard, Normalisation
-    from metareg.training import PairPool, TrainConfig, generator, pretrain
+    from metareg.learning.augment import AugmentConfig
+    from metareg.core.losses import LossConfig
+    from metareg.learning.tasks import TaskData, default_data_dir, load_task
+    from metareg.core.card import GridSpec, ModelCard, Normalisation
+    from metareg.learning.training import PairPool, TrainConfig, generator, pretrain
 
     first = next(iter(recipes.values()))
     shared = {k: v for k, v in first.items() if k not in ("family", "architecture")}
@@ -127,7 +127,7 @@ def train_references(recipes: dict[str, dict], outs: dict[str, str], data_dir: s
     config = TrainConfig(steps=first["steps"], batch_size=first["batch_size"], learning_rate=first["learning_rate"],
                          augment=AugmentConfig(**first["augment"]), seed=first["seed"], checkpoint_every=0,
                          field_supervision=first["field_supervision"])
-    # the pairs the training draws (same counter-based draws as metareg.training.train_loop), prepared once
+    # the pairs the training draws (same counter-based draws as metareg.learning.training.train_loop), prepared once
     started = time.perf_counter()
     pool = PairPool(datas)
     drawn = set()
@@ -192,8 +192,8 @@ def reference_models(args: argparse.Namespace) -> dict[str, tuple[Path, dict]]:
 
 def attach_labels(pairs, args: argparse.Namespace) -> bool:
     """Read the task's label maps (columns fixed_labels, moving_labels) into the pairs; False when it has none."""
-    from metareg.imageio import read_image
-    from metareg.tasks import default_data_dir, load_task
+    from metareg.core.imageio import read_image
+    from metareg.learning.tasks import default_data_dir, load_task
 
     task = load_task(args.task, args.data_dir or default_data_dir())
     listed = [task.pairs[p.index] for p in pairs]
@@ -264,10 +264,10 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     env = environment(args.threads, argv)
     import torch
 
-    from metareg.errors import ModelError
-    from metareg.iterative import IterativeConfig
-    from metareg.modelio import load_model
-    from metareg.register import register
+    from metareg.core.errors import ModelError
+    from metareg.core.iterative import IterativeConfig
+    from metareg.core.modelio import load_model
+    from metareg.core.registration import register
 
     started = time.perf_counter()
     args.load_averages = [os.getloadavg()[0]]
@@ -346,7 +346,7 @@ def notes_for(args, pairs, training, zoo, zoo_reason, iterative, has_labels) -> 
         f"seconds: one register() call per pair without its metrics stage, mean over pairs, CPU, {args.threads} "
         "thread(s), after one untimed warm-up call per network.",
         f"LocalNet and VoxelMorph-style U-Net are budget-matched reference networks trained here, not the zoo model, "
-        f"both the same way with metareg.training.pretrain: the zoo's 3D recipe (/work/zoo3/train3d.sh, version "
+        f"both the same way with metareg.learning.training.pretrain: the zoo's 3D recipe (/work/zoo3/train3d.sh, version "
         f"'{args.recipe}': tasks {', '.join(TRAIN_TASKS)}; "
         f"{'affine pre-aligned pairs' if recipe['prealign'] == 'affine' else 'no pre-alignment'}; local NCC + "
         f"gradient L2 weight 1; diffeomorphic; augmentation rotation {recipe['augment']['rotation_deg']:g}°, shift "
@@ -355,7 +355,7 @@ def notes_for(args, pairs, training, zoo, zoo_reason, iterative, has_labels) -> 
         f"a small shared budget: {args.train_steps} steps at {grid_text(args.train_grid)} each ({train_text}"
         f"{prepare_text(training)}). They are far from converged; the comparison is of equal budgets, not of the "
         "best each architecture can do.",
-        "affine pre-alignment: rows marked yes first run the classical affine pre-alignment of metareg.register "
+        "affine pre-alignment: rows marked yes first run the classical affine pre-alignment of metareg.core.registration "
         "(Mattes MI, SimpleITK) on the pair, as the model card asks; its time is in the seconds.",
         f"Classical iterative: {'shortened schedule for --quick: ' if args.quick else ''}levels 1/"
         f"{', 1/'.join(str(f) for f in iterative.shrink_factors)} with {'+'.join(str(i) for i in iterative.iterations)} "

@@ -28,13 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from metareg import metrics  # noqa: E402
-from metareg.geometry import map_points  # noqa: E402
-from metareg.landmarks import match_landmarks, read_landmarks  # noqa: E402
-from metareg.card import RefinementDefaults  # noqa: E402
-from metareg.modelio import load_model  # noqa: E402
-from metareg.register import register  # noqa: E402
-from metareg.tasks import default_data_dir, load_task  # noqa: E402
+from metareg.core import metrics  # noqa: E402
+from metareg.core.geometry import map_points  # noqa: E402
+from metareg.core.landmarks import match_landmarks, read_landmarks  # noqa: E402
+from metareg.core.card import RefinementDefaults  # noqa: E402
+from metareg.core.modelio import load_model  # noqa: E402
+from metareg.core.registration import register  # noqa: E402
+from metareg.learning.tasks import default_data_dir, load_task  # noqa: E402
 from peers import run_elastix  # noqa: E402
 
 

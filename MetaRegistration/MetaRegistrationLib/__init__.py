@@ -8,7 +8,7 @@ install torch) before torch is present.
   transform node (all geometry exact, LPS ↔ RAS handled here and nowhere else in the module).
 - :mod:`.outputs`: the output nodes of a run (warped volume, transform, checkerboard, Jacobian, tables, plot).
 - :mod:`.views`: slice-view layers for each visual check (overlay, checkerboard, Jacobian, landmarks).
-- :mod:`.jobs`: engine work in a child process (``python -m metareg.worker``), polled without blocking; cancel,
+- :mod:`.jobs`: engine work in a child process (``python -m metareg.app.worker``), polled without blocking; cancel,
   crash and exit handling.
 - :mod:`.logic`: runs a registration in the engine's process with progress and cancel; applies results on success
   only.

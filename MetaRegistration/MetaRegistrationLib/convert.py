@@ -337,7 +337,7 @@ def image_to_volume(image: sitk.Image, node, reference=None) -> None:
 
 
 def markups_to_landmarks(node, role: str = "landmarks", volume=None, volume_role: str = "volume"):
-    """The defined control points of a markups node as :class:`metareg.landmarks.Landmarks` (RAS → LPS mm).
+    """The defined control points of a markups node as :class:`metareg.core.landmarks.Landmarks` (RAS → LPS mm).
 
     Points that were never placed (position status not "defined") are skipped, as the engine's file reader does.
 
@@ -352,7 +352,7 @@ def markups_to_landmarks(node, role: str = "landmarks", volume=None, volume_role
     Raises:
         NodeInputError: no node, a parent transform, no placed point, or (2D) a point off the slice (named).
     """
-    from metareg.landmarks import Landmarks
+    from metareg.core.landmarks import Landmarks
 
     if node is None:
         raise NodeInputError(f"{role}: none selected")
@@ -396,7 +396,7 @@ def set_markups_points(node, labels, points_ras: np.ndarray) -> None:
 
 
 def landmarks_ras(landmarks) -> np.ndarray:
-    """The points of :class:`metareg.landmarks.Landmarks` in RAS mm, ``(N, 3)``."""
+    """The points of :class:`metareg.core.landmarks.Landmarks` in RAS mm, ``(N, 3)``."""
     return np.asarray(landmarks.points_lps, dtype=np.float64) * RAS_FROM_LPS
 
 

@@ -38,10 +38,10 @@ def default_user_model_dir() -> Path:
 
 
 def user_models(model_dir: str | Path | None = None) -> list:
-    """The models of the user's model folder (2D and 3D): (weights path, :class:`metareg.card.ModelCard`) for every
+    """The models of the user's model folder (2D and 3D): (weights path, :class:`metareg.core.card.ModelCard`) for every
     ``.safetensors`` whose ``.json`` card reads and checks, sorted by name. A missing folder has none."""
-    from metareg.errors import ModelError
-    from metareg.modelio import read_card
+    from metareg.core.errors import ModelError
+    from metareg.core.modelio import read_card
 
     folder = Path(model_dir) if model_dir else default_user_model_dir()
     found = []
@@ -111,8 +111,8 @@ def prepare_finetune(inputs: FinetuneInputs, settings: FinetuneSettings) -> Prep
     Raises:
         convert.NodeInputError: the inputs or settings cannot be used (the message says what to do).
     """
-    from metareg.errors import MetaRegError
-    from metareg.modelio import resolve_model
+    from metareg.core.errors import MetaRegError
+    from metareg.core.modelio import resolve_model
 
     if not settings.parent or settings.parent == "iterative":
         raise convert.NodeInputError("select a network model to adapt (the iterative method has nothing to train)")

@@ -5,7 +5,7 @@ is off, and neither CTK nor Slicer turns it on), so an engine *thread* would run
 and would crawl. A child process computes at full speed whatever the main thread does.
 
 An :class:`EngineJob` owns a private temporary folder. Its subclass writes the inputs there (images, landmarks,
-labels) with the settings as ``job.json``; the job starts ``python -m metareg.worker --watch-stdin FOLDER`` (Slicer's
+labels) with the settings as ``job.json``; the job starts ``python -m metareg.app.worker --watch-stdin FOLDER`` (Slicer's
 own Python, ``PythonSlicer``, in Slicer; ``sys.executable`` elsewhere), with the bundled engine first on its path,
 and reads the worker's JSON lines (progress, log lines, the result) without blocking the caller. When the process has
 ended, :meth:`EngineJob.poll` hands the folder to the subclass to read the outputs back, then removes it; a cancelled,
@@ -47,9 +47,9 @@ OWNER_FILE = "owner.pid"
 _RUNNING: "weakref.WeakSet[EngineJob]" = weakref.WeakSet()
 
 #: How the worker starts: the bundled engine's folder first on ``sys.path`` (whatever PYTHONPATH or Slicer's launcher
-#: put before it), then ``python -m metareg.worker --watch-stdin FOLDER``.
+#: put before it), then ``python -m metareg.app.worker --watch-stdin FOLDER``.
 WORKER_BOOTSTRAP = ("import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
-                    "runpy.run_module('metareg.worker', run_name='__main__', alter_sys=True)")
+                    "runpy.run_module('metareg.app.worker', run_name='__main__', alter_sys=True)")
 
 
 class EngineError(RuntimeError):
@@ -364,7 +364,7 @@ class EngineJob:
     # --- for subclasses ---------------------------------------------------------------------------------------------
 
     def _write_inputs(self, folder: Path) -> dict:
-        """Write the inputs into ``folder``; return the worker command's options (see :mod:`metareg.worker`)."""
+        """Write the inputs into ``folder``; return the worker command's options (see :mod:`metareg.app.worker`)."""
         raise NotImplementedError
 
     def _read_outputs(self, folder: Path, result: dict) -> None:

@@ -6,7 +6,7 @@ TRE table and its registered landmarks from the output transform's field, with n
 
 - the field is read back exactly from the output grid transform node (:func:`convert.grid_transform_to_field`), so
   the numbers are the engine's: the fixed landmark ``p`` mapped through the field, ``p + d(p)`` (ITK's linear
-  interpolation, zero displacement outside the fixed grid, :func:`metareg.geometry.map_points`), against its moving
+  interpolation, zero displacement outside the fixed grid, :func:`metareg.core.geometry.map_points`), against its moving
   partner ``q``: ``TRE after = |p + d(p) − q|``; ``TRE before = |p − q|`` (identity). Unchanged landmarks get the
   report's numbers (to rounding); a 2D run measures in the slice's plane, as the engine does;
 - the registered landmarks are the moving landmarks under the transform (its transform to parent, moving → fixed),
@@ -67,7 +67,7 @@ class LandmarkEvaluation:
     def summary(self) -> dict:
         """``{"tre_before": {...}, "tre_after": {...}}`` as in the engine's report (n, mean, std, median, p90, max);
         empty without paired landmarks."""
-        from metareg.metrics import tre_summary
+        from metareg.core.metrics import tre_summary
 
         if not self.labels:
             return {}
@@ -119,7 +119,7 @@ class FieldOfTransform:
         grid = transform.GetDisplacementGrid() if transform is not None and transform.IsA("vtkGridTransform") else None
         stamp = (transform.GetMTime() if transform is not None else 0, grid.GetMTime() if grid is not None else 0)
         if self._field is None or transform is not self._transform or stamp != self._stamp:
-            from metareg.geometry import field_to_transform
+            from metareg.core.geometry import field_to_transform
 
             self._field = convert.grid_transform_to_field(self.transform_node)
             self._itk_transform = field_to_transform(self._field)
@@ -131,8 +131,8 @@ class FieldOfTransform:
         return self.field.GetDimension()
 
     def map_points_lps(self, points_lps: np.ndarray) -> np.ndarray:
-        """``x + d(x)`` for ``(N, dim)`` LPS points, as the engine's TRE does (:func:`metareg.geometry.map_points`)."""
-        from metareg.geometry import map_points
+        """``x + d(x)`` for ``(N, dim)`` LPS points, as the engine's TRE does (:func:`metareg.core.geometry.map_points`)."""
+        from metareg.core.geometry import map_points
 
         field_image = self.field
         return map_points(field_image, np.asarray(points_lps, dtype=np.float64).reshape(-1, field_image.GetDimension()),

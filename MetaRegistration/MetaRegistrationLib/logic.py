@@ -4,7 +4,7 @@ Three steps, all on the main thread:
 
 1. :meth:`MetaRegistrationLogic.start` reads the input nodes into SimpleITK images and landmarks (copies), and
    starts a :class:`RegistrationJob`: the images, landmarks and label maps go to a private temporary folder, and the
-   engine's worker (``python -m metareg.worker``: the ``metareg register`` command line in its JSON-lines mode) runs
+   engine's worker (``python -m metareg.app.worker``: the ``metareg register`` command line in its JSON-lines mode) runs
    on them in a child process (:mod:`.jobs` says why a process and not a thread).
 2. The caller polls the job (a GUI timer in Slicer, a loop in scripts and tests): :attr:`RegistrationJob.progress`,
    :meth:`RegistrationJob.cancel` (the process is terminated, and killed if it does not end at once).
@@ -71,7 +71,7 @@ class RegistrationSettings:
         return self.model not in (None, "", ITERATIVE)
 
     def engine_options(self) -> dict:
-        """The options of ``metareg register`` for these settings (see :mod:`metareg.worker`)."""
+        """The options of ``metareg register`` for these settings (see :mod:`metareg.app.worker`)."""
         options: dict = {"device": self.device, "affine": bool(self.affine)}
         if self.uses_network:
             options.update(model=str(self.model), adapt_steps=int(self.adapt_steps),
@@ -136,7 +136,7 @@ def prepare_inputs(inputs: RegistrationInputs) -> PreparedInputs:
 @dataclass
 class EngineResult:
     """What the engine's worker returned, read back from its files (the fields of
-    :class:`metareg.register.RegistrationResult` the outputs need)."""
+    :class:`metareg.core.registration.RegistrationResult` the outputs need)."""
 
     field: object  # sitk vector image, LPS mm, on the fixed grid: fixed x -> moving x + d(x)
     warped: object
@@ -173,7 +173,7 @@ class RegistrationJob(EngineJob):
 
     def _write_inputs(self, folder):
         import SimpleITK as sitk
-        from metareg.landmarks import write_landmarks
+        from metareg.core.landmarks import write_landmarks
 
         began = time.perf_counter()
         prepared = self.prepared
@@ -221,7 +221,7 @@ def card_defaults(model: str | None) -> CardDefaults:
     if model in (None, "", ITERATIVE):
         return CardDefaults()
     try:  # the imports too: before torch is installed there are no defaults yet, and no error
-        from metareg.modelio import read_card, resolve_model
+        from metareg.core.modelio import read_card, resolve_model
 
         weights, _ = resolve_model(model)
         card = read_card(weights.with_suffix(".json"))
@@ -372,7 +372,7 @@ def model_choices(zoo_dir=None, user_model_dir=None) -> list[Choice]:
     """The iterative method, then every model of the zoo with its one-line purpose (3D models first; 2D models
     register single-slice volumes and say "2D"), then the user's own models (adapted ones) of ``user_model_dir`` by
     path, when given."""
-    from metareg.modelio import read_index
+    from metareg.core.modelio import read_index
 
     choices = [Choice("iterative (no network)", ITERATIVE,
                       "Optimises the displacement field of this pair directly (3D volumes or single slices); always "
@@ -394,7 +394,7 @@ def model_choices(zoo_dir=None, user_model_dir=None) -> list[Choice]:
 def smallest_zoo_model(zoo_dir=None, modality: str = "MR T1w") -> str | None:
     """Name of the zoo's smallest 3D model (by file size) for ``modality`` (the index entry's; entries without one
     count as any), or None when the zoo has none. The default suits the brain3d sample's T1w pair."""
-    from metareg.modelio import default_zoo_dir, read_index
+    from metareg.core.modelio import default_zoo_dir, read_index
 
     folder = zoo_dir or default_zoo_dir()
     sizes = []

@@ -215,13 +215,13 @@ def create_outputs(scene, inputs, prepared, result, checkerboard_squares: int = 
         scene: the MRML scene.
         inputs: the :class:`~MetaRegistrationLib.logic.RegistrationInputs` (nodes) of the run.
         prepared: the :class:`~MetaRegistrationLib.logic.PreparedInputs` (images and landmarks read from them).
-        result: the engine's :class:`metareg.register.RegistrationResult`.
+        result: the engine's :class:`metareg.core.registration.RegistrationResult`.
         checkerboard_squares: squares along each axis of the checkerboard.
 
     If anything fails, the nodes made so far are removed again and the error is raised: the scene gets all outputs
     or none.
     """
-    from metareg.visualize import checkerboard
+    from metareg.app.visualize import checkerboard
 
     fixed_node, moving_node = inputs.fixed_volume, inputs.moving_volume
     fixed_name, moving_name = fixed_node.GetName(), moving_node.GetName()
@@ -290,7 +290,7 @@ def create_outputs(scene, inputs, prepared, result, checkerboard_squares: int = 
 
 def _landmark_outputs(scene, inputs, prepared, report, outputs, created) -> None:
     """The TRE table and the moving landmarks as they land in the fixed image under the output transform."""
-    from metareg.landmarks import match_landmarks
+    from metareg.core.landmarks import match_landmarks
 
     labels, fixed_lps, moving_lps = match_landmarks(prepared.fixed_landmarks, prepared.moving_landmarks)
     registered_ras = registered_points_ras(outputs.transform, moving_lps * convert.RAS_FROM_LPS)
@@ -367,7 +367,7 @@ def _folder(scene, name: str, nodes: list) -> int:
 
 def update_checkerboard(outputs: RegistrationOutputs, fixed_node, squares: int) -> None:
     """Recompute the checkerboard volume of a run with ``squares`` squares along each axis (inputs untouched)."""
-    from metareg.visualize import checkerboard
+    from metareg.app.visualize import checkerboard
 
     board = checkerboard(convert.volume_to_image(fixed_node, "fixed volume", allow_2d=True),
                          convert.volume_to_image(outputs.warped_volume, "registered volume", allow_2d=True),

@@ -15,7 +15,7 @@ is the same 1 mm template seen through a known mapping ``T`` on its own oblique 
 
     moving(y) = template(T(y)),    T(y) = R(y + e(y)),    R(z) = M (z - c) + c + t
 
-with ``e`` = ``metareg.synthetic.random_smooth_field(moving grid, FIELD_MAX_MM, FIELD_CONTROL_SPACING_MM,
+with ``e`` = ``metareg.learning.synthetic.random_smooth_field(moving grid, FIELD_MAX_MM, FIELD_CONTROL_SPACING_MM,
 FIELD_SEED)`` and ``R`` a rigid motion (rotation ``M`` about centre ``c``, then shift ``t``), all in LPS mm. The
 moving partner ``q`` of a fixed landmark ``p`` solves ``T(q) = p``. ``brain3d_truth.json`` records every parameter.
 """
@@ -38,10 +38,10 @@ import SimpleITK as sitk
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "MetaRegistration"))
 
-from metareg.landmarks import Landmarks, read_landmarks, write_landmarks  # noqa: E402
-from metareg.geometry import map_points, warp_image  # noqa: E402
-from metareg.modelio import sha256_of  # noqa: E402
-from metareg.synthetic import invert_points, random_smooth_field  # noqa: E402
+from metareg.core.landmarks import Landmarks, read_landmarks, write_landmarks  # noqa: E402
+from metareg.core.geometry import map_points, warp_image  # noqa: E402
+from metareg.core.modelio import sha256_of  # noqa: E402
+from metareg.learning.synthetic import invert_points, random_smooth_field  # noqa: E402
 
 SOURCES = {
     "autoafids": {
@@ -275,7 +275,7 @@ def build_brain3d(unpacked: Path, out: Path, work: Path) -> dict:
         "description": (
             "brain3d_moving_*(y) = template(T(y)) for y on the moving grid, T(y) = R(y + e(y)), "
             "R(z) = M (z - c) + c + t; all points LPS mm. The moving landmark q of fixed landmark p solves T(q) = p. "
-            "e = metareg.synthetic.random_smooth_field(<grid of brain3d_moving_T1.nii.gz as read by SimpleITK>, "
+            "e = metareg.learning.synthetic.random_smooth_field(<grid of brain3d_moving_T1.nii.gz as read by SimpleITK>, "
             "field.max_displacement_mm, field.control_spacing_mm, field.seed). The template is the 1 mm "
             "MNI152NLin2009cAsym T1w/T2w of autoafids 0.1.4; brain3d_fixed_T1 is that template on a 2 mm grid, so "
             "a perfect registration (fixed x -> moving) is x -> T^-1(x)."

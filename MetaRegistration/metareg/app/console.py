@@ -1,4 +1,4 @@
-"""The ``metareg`` console command: :func:`metareg.cli.main`, with Ctrl-C while the engine loads handled.
+"""The ``metareg`` console command: :func:`metareg.app.cli.main`, with Ctrl-C while the engine loads handled.
 
 Loading the engine (torch, SimpleITK) takes a second or more. A KeyboardInterrupt raised inside it would print a
 traceback, or, inside torch's native start-up code, abort the process (measured: SIGABRT, "terminate called after
@@ -18,7 +18,7 @@ def main() -> int:
     interrupted: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
-        from .cli import main as cli_main
+        from metareg.app.cli import main as cli_main
     finally:
         signal.signal(signal.SIGINT, previous)
     if interrupted:

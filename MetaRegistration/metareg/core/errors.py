@@ -47,7 +47,7 @@ class ParameterError(InputError, ValueError):
 
     ``input_name`` is the parameter as a Python caller writes it (``"adapt_learning_rate"``,
     ``"LossConfig.regulariser_weight"``); the CLI names the matching command-line option instead
-    (:data:`metareg.cli.PARAMETER_OPTIONS`), and a model card its field.
+    (:data:`metareg.app.cli.PARAMETER_OPTIONS`), and a model card its field.
     """
 
 

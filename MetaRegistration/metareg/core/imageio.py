@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, OutputError
+from metareg.core.errors import InputError, OutputError
 
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, for R, G, B
 READABLE = "NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha, .mhd), PNG/JPEG/TIFF, or a folder of one DICOM series"
@@ -589,7 +589,7 @@ def _read_failure(error: BaseException, path: Path | None = None) -> tuple[str, 
         return f"does not fit in the memory available ({message})", MEMORY_HINT
     needed = _voxel_bytes(path) if path is not None else None
     if needed is not None:
-        from .memory import available_memory_bytes
+        from metareg.core.memory import available_memory_bytes
 
         available = available_memory_bytes()
         if available is not None and needed > available / 2:

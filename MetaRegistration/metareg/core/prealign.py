@@ -1,7 +1,7 @@
 """Classical affine pre-alignment with SimpleITK (Mattes mutual information, multi-resolution).
 
 The result maps fixed points (LPS mm) to moving points, the same direction as the exported field, so
-:func:`metareg.geometry.network_displacement_to_field` can compose it into one field.
+:func:`metareg.core.geometry.network_displacement_to_field` can compose it into one field.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Callable
 
 import SimpleITK as sitk
 
-from .errors import Cancelled
+from metareg.core.errors import Cancelled
 
 #: The affine step works on images of at most this many voxels: larger ones are first averaged down by an integer
 #: factor per axis (sitk.BinShrink, which keeps their physical extent). An affine transform has 12 parameters; images

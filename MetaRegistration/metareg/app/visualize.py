@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import MetaRegError
-from .geometry import Grid, resample_onto
-from .preprocess import intensity_window
+from metareg.core.errors import MetaRegError
+from metareg.core.geometry import Grid, resample_onto
+from metareg.core.preprocess import intensity_window
 
 
 def _unit_window(image: sitk.Image, reference: sitk.Image) -> sitk.Image:

@@ -1,6 +1,6 @@
 """The learning commands of the ``metareg`` CLI: ``pretrain``, ``metatrain`` and ``finetune``.
 
-All three run unchanged under ``torchrun --nproc_per_node N -m metareg.cli ...`` (gloo on CPU, NCCL on GPU).
+All three run unchanged under ``torchrun --nproc_per_node N -m metareg.app.cli ...`` (gloo on CPU, NCCL on GPU).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from .augment import AugmentConfig
-from .errors import InputError
-from .losses import REGULARISERS, SIMILARITIES, LossConfig
-from .networks import FAMILIES
-from .card import PREALIGN_CHOICES
-from .tasks import Task, default_data_dir, load_task
+from metareg.learning.augment import AugmentConfig
+from metareg.core.errors import InputError
+from metareg.core.losses import REGULARISERS, SIMILARITIES, LossConfig
+from metareg.core.networks import FAMILIES
+from metareg.core.card import PREALIGN_CHOICES
+from metareg.learning.tasks import Task, default_data_dir, load_task
 
 TRAIN_EXAMPLES = """\
 examples (2D slices of the tasks built by `metareg data fetch`):
@@ -26,7 +26,7 @@ examples (2D slices of the tasks built by `metareg data fetch`):
   metareg finetune  --model meta.safetensors --tasks fundus-2d-finetune --steps 100 --out mine.safetensors
   metareg register  --fixed f.nii.gz --moving m.nii.gz --model mine.safetensors --adapt-steps 5
 Long runs write <out>.ckpt/last.pt every --checkpoint-every steps; --resume continues from it.
-Under torchrun: torchrun --nproc_per_node 2 -m metareg.cli pretrain ...
+Under torchrun: torchrun --nproc_per_node 2 -m metareg.app.cli pretrain ...
 """
 
 
@@ -58,10 +58,10 @@ def _tasks(args: argparse.Namespace) -> list[Task]:
 
 def _check_out(args: argparse.Namespace, tasks: list[Task], parent: str | None = None) -> None:
     """Refuse an ``--out`` that would write over an input: the parent model (weights and card), a task's pairs CSV or
-    task.json, or a file one of its pairs names (:func:`metareg.imageio.check_output_path`), before any work."""
-    from .errors import MetaRegError
-    from .imageio import check_output_path
-    from .modelio import resolve_model
+    task.json, or a file one of its pairs names (:func:`metareg.core.imageio.check_output_path`), before any work."""
+    from metareg.core.errors import MetaRegError
+    from metareg.core.imageio import check_output_path
+    from metareg.core.modelio import resolve_model
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     inputs: list[tuple[str, str | Path | None]] = []
@@ -86,7 +86,7 @@ def _augment(args: argparse.Namespace) -> AugmentConfig:
 
 
 def _spec(args: argparse.Namespace):
-    from .card import GridSpec, ModelCard, Normalisation
+    from metareg.core.card import GridSpec, ModelCard, Normalisation
 
     if args.dim not in (2, 3):
         raise InputError("--dim", "must be 2 or 3")
@@ -113,7 +113,7 @@ def _command_line() -> str:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, pretrain
+    from metareg.learning.training import TrainConfig, pretrain
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, augment=_augment(args),
                          seed=args.seed, checkpoint_every=args.checkpoint_every,
@@ -126,7 +126,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, finetune
+    from metareg.learning.training import TrainConfig, finetune
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, augment=_augment(args),
                          seed=args.seed, checkpoint_every=args.checkpoint_every,
@@ -135,10 +135,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     _check_out(args, tasks, args.model)
     loss = None
     if args.similarity is not None:
-        from .modelio import load_model
+        from metareg.core.modelio import load_model
 
         loss = LossConfig(**{**load_model(args.model).card.loss.to_dict(), "similarity": args.similarity})
-    events = getattr(args, "events", None)  # the worker's JSON lines (metareg.worker)
+    events = getattr(args, "events", None)  # the worker's JSON lines (metareg.app.worker)
     curve = finetune(args.model, tasks, config, Path(args.out), args.device, args.resume,
                      command=args.record_command or _command_line(), loss=loss, progress=events)
     if events is not None:
@@ -149,7 +149,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_metatrain(args: argparse.Namespace) -> int:
-    from .training import ReptileConfig, metatrain
+    from metareg.learning.training import ReptileConfig, metatrain
 
     config = ReptileConfig(level=args.level, steps=args.steps, tasks_per_step=args.tasks_per_step,
                            inner_steps=args.inner_steps, inner_learning_rate=args.inner_lr,

@@ -1,4 +1,4 @@
-"""The engine as a child process of a GUI: ``python -m metareg.worker [--watch-stdin] JOB_FOLDER``.
+"""The engine as a child process of a GUI: ``python -m metareg.app.worker [--watch-stdin] JOB_FOLDER``.
 
 A GUI (the 3D Slicer module) must not run the engine in a thread of its own Python: desktop Slicer's main thread
 holds the GIL while Qt idles, so such a thread would crawl. It runs the engine in this worker instead, which is the
@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from typing import IO, Sequence
 
-from . import __version__
+from metareg import __version__
 
 #: Exit status of a worker whose parent went away (standard input closed).
 ORPHANED_EXIT_STATUS = 3
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     watch = "--watch-stdin" in args
     args = [arg for arg in args if arg != "--watch-stdin"]
     if len(args) != 1:
-        print("usage: python -m metareg.worker [--watch-stdin] JOB_FOLDER", file=sys.stderr)
+        print("usage: python -m metareg.app.worker [--watch-stdin] JOB_FOLDER", file=sys.stderr)
         return 2
     folder = Path(args[0])
     events = JsonLines()
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         events.emit("error", message=f"the job folder {folder} has no usable job.json ({error})", details="")
         return 2
     os.chdir(folder)
-    from .cli import main as cli_main
+    from metareg.app.cli import main as cli_main
 
     try:
         return cli_main(command_line, events=events)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .imageio import atomic_output
+from metareg.core.errors import InputError
+from metareg.core.imageio import atomic_output
 
 MARKUPS_SCHEMA = (
     "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"

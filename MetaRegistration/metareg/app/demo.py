@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 
-from .cli import Outputs, ProgressBar, _one_line, _write_json, _write_transform
-from .imageio import atomic_output, read_image, write_image
-from .landmarks import read_landmarks
-from .modelio import load_model
-from .register import register
-from .visualize import checkerboard, render_report_png
+from metareg.app.cli import Outputs, ProgressBar, _one_line, _write_json, _write_transform
+from metareg.core.imageio import atomic_output, read_image, write_image
+from metareg.core.landmarks import read_landmarks
+from metareg.core.modelio import load_model
+from metareg.core.registration import register
+from metareg.app.visualize import checkerboard, render_report_png
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
 PAIRS = {

@@ -5,7 +5,7 @@ fixed, moving (SimpleITK, any geometry)
   → both resampled onto the model grid placed on the fixed image, intensities normalised as the card says
   → voxel displacement from the network (optionally after K test-time adaptation steps on this pair, then optionally
     refined by N steps of the iterative method started from it) or from the iterative method alone
-  → the exported field on the fixed image's own grid (:func:`metareg.geometry.network_displacement_to_field`)
+  → the exported field on the fixed image's own grid (:func:`metareg.core.geometry.network_displacement_to_field`)
   → the original moving image warped through it, metrics, and a JSON-able report.
 """
 
@@ -22,13 +22,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import memory, metrics
-from .device import describe_device, resolve_device
-from .card import MAX_REFINE_STEPS
-from .checks import check_float, check_int
-from .errors import Cancelled, InputError, ParameterError, RegistrationWarning
-from .imageio import check_image
-from .geometry import (
+from metareg.core import memory, metrics
+from metareg.core.device import describe_device, resolve_device
+from metareg.core.card import MAX_REFINE_STEPS
+from metareg.core.checks import check_float, check_int
+from metareg.core.errors import Cancelled, InputError, ParameterError, RegistrationWarning
+from metareg.core.imageio import check_image
+from metareg.core.geometry import (
     Grid,
     field_to_transform,
     map_points,
@@ -39,12 +39,12 @@ from .geometry import (
     warp_image,
     warp_tensor,
 )
-from .iterative import IterativeConfig, register_iterative
-from .landmarks import Landmarks, match_landmarks
-from .losses import LossConfig, registration_loss
-from .modelio import LoadedModel
-from .prealign import affine_prealign
-from .preprocess import prepare_pair
+from metareg.core.iterative import IterativeConfig, register_iterative
+from metareg.core.landmarks import Landmarks, match_landmarks
+from metareg.core.losses import LossConfig, registration_loss
+from metareg.core.modelio import LoadedModel
+from metareg.core.prealign import affine_prealign
+from metareg.core.preprocess import prepare_pair
 
 ProgressCallback = Callable[[float, str], None]
 

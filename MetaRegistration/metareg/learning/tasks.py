@@ -5,7 +5,7 @@ columns ``fixed,moving[,fixed_landmarks,moving_landmarks,fixed_labels,moving_lab
 folder). A single pair CSV is a task too. In memory, pairs can also be built from images directly: all-to-one
 (atlas), adjacent slices of a volume (seed 000), consecutive frames of a cine.
 
-:class:`TaskData` prepares each pair once, exactly as registration will (:func:`metareg.preprocess.prepare_pair`:
+:class:`TaskData` prepares each pair once, exactly as registration will (:func:`metareg.core.preprocess.prepare_pair`:
 model grid placed on the fixed image, intensities normalised as the card says), and keeps the tensors in memory.
 """
 
@@ -21,10 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .card import GridSpec, Normalisation
-from .errors import InputError
-from .imageio import read_image
-from .preprocess import prepare_pair
+from metareg.core.card import GridSpec, Normalisation
+from metareg.core.errors import InputError
+from metareg.core.imageio import read_image
+from metareg.core.preprocess import prepare_pair
 
 
 PAIR_COLUMNS = ("fixed", "moving", "fixed_landmarks", "moving_landmarks", "fixed_labels", "moving_labels")
@@ -223,8 +223,8 @@ class TaskData:
 
     Every pair is resampled onto a grid of the card's ``grid`` placed on its fixed image, so all tensors of a task
     have the same shape (its ``size`` is required for batching) (required for batching). With ``affine=True`` the moving image
-    is first pre-aligned to the fixed one (:func:`metareg.prealign.affine_prealign`, once per pair), as
-    :func:`metareg.register.register` does for a model whose card says ``"prealign": "affine"``.
+    is first pre-aligned to the fixed one (:func:`metareg.core.prealign.affine_prealign`, once per pair), as
+    :func:`metareg.core.registration.register` does for a model whose card says ``"prealign": "affine"``.
     """
 
     def __init__(self, task: Task, grid_spec: GridSpec, normalisation: Normalisation, affine: bool = False):
@@ -250,7 +250,7 @@ class TaskData:
                                  f"has {fixed.GetDimension()}-D images but the model grid is {expected}-D")
             prealign = None
             if self.affine:
-                from .prealign import affine_prealign
+                from metareg.core.prealign import affine_prealign
 
                 prealign = affine_prealign(fixed, moving)
             _, fixed_t, moving_t = prepare_pair(fixed, moving, self.grid_spec, self.normalisation, prealign)

@@ -27,16 +27,16 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
-from .device import DEVICE_CHOICES
-from .errors import InputError, MetaRegError, OutputError
-from .imageio import (WRITE_FAILED_HINT, atomic_output, check_output_path, output_files, read_image, scratch_folder,
+from metareg import __version__
+from metareg.core.device import DEVICE_CHOICES
+from metareg.core.errors import InputError, MetaRegError, OutputError
+from metareg.core.imageio import (WRITE_FAILED_HINT, atomic_output, check_output_path, output_files, read_image, scratch_folder,
                       shared_file, write_image)
-from .iterative import IterativeConfig
-from .landmarks import Landmarks, read_landmarks, write_landmarks
-from .losses import SIMILARITIES, LossConfig
-from .modelio import default_zoo_dir, load_model, read_index
-from .tasks import default_data_dir
+from metareg.core.iterative import IterativeConfig
+from metareg.core.landmarks import Landmarks, read_landmarks, write_landmarks
+from metareg.core.losses import SIMILARITIES, LossConfig
+from metareg.core.modelio import default_zoo_dir, load_model, read_index
+from metareg.learning.tasks import default_data_dir
 
 EXAMPLES = """\
 examples:
@@ -120,7 +120,7 @@ class Outputs:
     """The files a command will write: checked up front, then written; if one fails, the ones written are removed.
 
     ``inputs``: ``(option, path)`` of every file the command reads; no output may be one of them (or a companion file
-    of one, or the same file through a link): :func:`metareg.imageio.check_output_path`.
+    of one, or the same file through a link): :func:`metareg.core.imageio.check_output_path`.
     """
 
     def __init__(self, inputs: Sequence[tuple[str, str | Path | None]] = ()) -> None:
@@ -241,7 +241,7 @@ def _check_transform_name(path: str | Path, option: str) -> None:
 
 
 def _write_transform(field: sitk.Image, path: Path, option: str) -> None:
-    from .geometry import field_to_transform
+    from metareg.core.geometry import field_to_transform
 
     _check_transform_name(path, option)
     with atomic_output(path, option) as temporary:
@@ -280,13 +280,13 @@ def _json_safe(value):
 class ProgressBar:
     """A progress bar fed with (fraction, message) callbacks; silent when ``enabled`` is False.
 
-    tqdm's where it is installed, else a plain line on stderr now and then (:mod:`metareg.progress`).
+    tqdm's where it is installed, else a plain line on stderr now and then (:mod:`metareg.core.progress`).
     """
 
     def __init__(self, enabled: bool, description: str = "registering"):
         self.bar = None
         if enabled:
-            from .progress import progress_bar
+            from metareg.core.progress import progress_bar
 
             interactive = sys.stderr is not None and sys.stderr.isatty()
             self.bar = progress_bar(total=1000, desc=description, leave=False,
@@ -366,7 +366,7 @@ def _load_method(args: argparse.Namespace):
     if args.method == "iterative" and args.model:
         raise InputError("--model with --method iterative", "the iterative method uses no model", "drop one of them")
     if args.model:
-        from .errors import ModelError
+        from metareg.core.errors import ModelError
 
         for option, given in (("--iterations", args.iterations), ("--similarity", args.similarity),
                               ("--smoothness", args.smoothness), ("--diffeomorphic", args.diffeomorphic or None)):
@@ -390,7 +390,7 @@ def _read_optional_landmarks(path: str | None, option: str) -> Landmarks | None:
 
 
 def run_register(args: argparse.Namespace) -> int:
-    from .register import register
+    from metareg.core.registration import register
 
     if args.mapped_landmarks and args.fixed_landmarks is None:
         raise InputError("--mapped-landmarks", "needs --fixed-landmarks")
@@ -425,7 +425,7 @@ def run_register(args: argparse.Namespace) -> int:
     outputs.add("--report", args.report, lambda p: _write_json(result_box["report"], p, "--report"))
     outputs.check()
 
-    events = getattr(args, "events", None)  # the worker's JSON lines (metareg.worker) instead of a progress bar
+    events = getattr(args, "events", None)  # the worker's JSON lines (metareg.app.worker) instead of a progress bar
     bar = ProgressBar(enabled=not args.quiet and events is None)
     try:
         result = register(
@@ -439,7 +439,7 @@ def run_register(args: argparse.Namespace) -> int:
     report = {"fixed": str(args.fixed), "moving": str(args.moving), **result.report}
     result_box.update(result=result, report=report)
     if fixed_landmarks is not None and args.mapped_landmarks:
-        from .geometry import map_points
+        from metareg.core.geometry import map_points
 
         dim = fixed.GetDimension()
         mapped = fixed_landmarks.points_lps.copy()
@@ -479,8 +479,8 @@ RESULT_COLUMNS = ("pair", "line", "fixed", "moving", "status", "ncc_before", "nc
 def run_evaluate(args: argparse.Namespace) -> int:
     """Register every row of ``--pairs``; a row that fails (unusable, unreadable, or its registration fails) gets
     status ``error`` and its message in the CSV, and the batch goes on. Exit status 1 when any row failed."""
-    from .register import register
-    from .tasks import PAIR_COLUMNS, read_pair_rows
+    from metareg.core.registration import register
+    from metareg.learning.tasks import PAIR_COLUMNS, read_pair_rows
 
     rows_in = read_pair_rows(args.pairs)
     model = _load_method(args)
@@ -493,7 +493,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     outputs.add("--summary", args.summary, lambda p: _write_json(box["summary"], p, "--summary"))
     outputs.check()
     rows = []
-    from .progress import progress_bar
+    from metareg.core.progress import progress_bar
 
     for index, row_in in enumerate(progress_bar(rows_in, desc="pairs", disable=args.quiet)):
         pair = row_in.pair
@@ -589,7 +589,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# data (the task sets built from pinned registry packages: metareg/datasets.py, DATA.md)
+# data (the task sets built from pinned registry packages: metareg/app/datasets.py, DATA.md)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -614,7 +614,7 @@ def _add_data_commands(commands) -> None:
 def run_data_fetch(args: argparse.Namespace) -> int:
     import time
 
-    from . import datasets
+    from metareg.app import datasets
 
     root = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     names = [name.strip() for name in args.tasks.split(",") if name.strip()] if args.tasks else None
@@ -630,7 +630,7 @@ def run_data_fetch(args: argparse.Namespace) -> int:
 
 
 def run_data_list(args: argparse.Namespace) -> int:
-    from . import datasets
+    from metareg.app import datasets
 
     root = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     infos = datasets.list_tasks(root)
@@ -703,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=run_models)
     _add_data_commands(commands)
 
-    from .train_cli import add_training_commands
+    from metareg.app.train_cli import add_training_commands
 
     add_training_commands(commands)
     return parser
@@ -712,14 +712,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, events=None) -> int:
     """Run one ``metareg`` command; returns the exit status.
 
-    ``events``: a :class:`metareg.worker.JsonLines` when a GUI runs the engine as a child process (``register`` and
+    ``events``: a :class:`metareg.app.worker.JsonLines` when a GUI runs the engine as a child process (``register`` and
     ``finetune`` then report progress, the result and errors as JSON lines instead of a bar and messages).
     """
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
-        from .console import INTERRUPTED_AT_START
+        from metareg.app.console import INTERRUPTED_AT_START
 
         print(INTERRUPTED_AT_START, file=sys.stderr)
         return 130
@@ -740,7 +740,7 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
             print(f"metareg {args.command}: error: {error}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as error:  # torch's and ITK's allocation failures; other errors are bugs
-        from .imageio import MEMORY_HINT, is_out_of_memory, _sitk_message
+        from metareg.core.imageio import MEMORY_HINT, is_out_of_memory, _sitk_message
 
         if not is_out_of_memory(error):
             raise
@@ -755,7 +755,7 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
     except KeyboardInterrupt as interrupt:
         how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         if args.command in ("pretrain", "finetune", "metatrain"):
-            from .training import CHECKPOINT_NAME
+            from metareg.learning.training import CHECKPOINT_NAME
 
             checkpoint = Path(args.out).with_name(Path(args.out).stem + ".ckpt") / CHECKPOINT_NAME
             kept = (f"; the last checkpoint {checkpoint} is kept: the same command with --resume continues from it"

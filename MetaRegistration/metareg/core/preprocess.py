@@ -3,7 +3,7 @@
 :func:`prepare_pair` is the one path from two SimpleITK images to the two tensors a network (or the iterative method)
 sees, used alike by registration and by training.
 
-Normalisation (a card's :class:`metareg.card.Normalisation`): percentile scaling to [0, 1] — the window is computed on the *original*
+Normalisation (a card's :class:`metareg.core.card.Normalisation`): percentile scaling to [0, 1] — the window is computed on the *original*
 image's voxels (not on the resampled tensor, whose padding would bias it) — then, optionally, histogram equalisation
 (seed 000 equalised every image).
 """
@@ -14,8 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .card import GridSpec, Normalisation
-from .geometry import Grid, image_to_tensor, model_grid_on_fixed, resample_onto
+from metareg.core.card import GridSpec, Normalisation
+from metareg.core.geometry import Grid, image_to_tensor, model_grid_on_fixed, resample_onto
 
 _MAX_SAMPLES = 1_000_000
 _EQUALISATION_BINS = 256
@@ -65,7 +65,7 @@ def prepare_pair(
     """The model grid placed on ``fixed`` and both images on it, normalised: ``(grid, fixed_t, moving_t)``.
 
     Args:
-        grid_spec: a card's model grid (:func:`metareg.geometry.model_grid_on_fixed`); None: the fixed image's own
+        grid_spec: a card's model grid (:func:`metareg.core.geometry.model_grid_on_fixed`); None: the fixed image's own
             grid. Ignored when ``grid`` is given.
         normalisation: a card's normalisation (None: the default percentile window).
         prealign: optional transform (fixed → moving points) the moving image is sampled through.

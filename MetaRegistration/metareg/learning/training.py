@@ -36,18 +36,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .augment import AugmentConfig, augment, random_displacement
-from .card import AdaptationDefaults, ModelCard
-from .checks import check_choice, check_float, check_int
-from .device import resolve_device
-from .errors import Cancelled, InputError, ParameterError
-from .geometry import warp_tensor
-from .imageio import process_running
-from .losses import LossConfig, registration_loss
-from .modelio import load_model, save_model
-from .networks import RegistrationNetwork, build_network, count_parameters
-from .progress import progress_bar
-from .tasks import Task, TaskData
+from metareg.learning.augment import AugmentConfig, augment, random_displacement
+from metareg.core.card import AdaptationDefaults, ModelCard
+from metareg.core.checks import check_choice, check_float, check_int
+from metareg.core.device import resolve_device
+from metareg.core.errors import Cancelled, InputError, ParameterError
+from metareg.core.geometry import warp_tensor
+from metareg.core.imageio import process_running
+from metareg.core.losses import LossConfig, registration_loss
+from metareg.core.modelio import load_model, save_model
+from metareg.core.networks import RegistrationNetwork, build_network, count_parameters
+from metareg.core.progress import progress_bar
+from metareg.learning.tasks import Task, TaskData
 
 CHECKPOINT_NAME = "last.pt"
 #: Most optimisation (or meta-) steps a training config accepts.
@@ -465,7 +465,7 @@ def train_loop(
     """Adam on the pooled pairs; returns the loss curve (all steps, including those before a resume).
 
     ``progress(fraction, message)`` is called after every step; ``should_stop()`` is polled before every step and
-    raises :class:`metareg.errors.Cancelled` (the last checkpoint stays; no model is written).
+    raises :class:`metareg.core.errors.Cancelled` (the last checkpoint stays; no model is written).
     """
     if config.batch_size % processes.world_size:
         raise InputError("--batch-size", f"{config.batch_size} is not divisible by the {processes.world_size} processes")
@@ -688,7 +688,7 @@ def pretrain(tasks: list[Task], card: ModelCard | None, config: TrainConfig, out
 
     ``loss`` replaces the parent's loss when fine-tuning (e.g. mutual information for a multimodal variant); the new
     card records the loss it was trained with, which test-time adaptation then uses. ``datas``: the tasks' pairs
-    already prepared (:class:`metareg.tasks.TaskData` with this card's grid, normalisation and pre-alignment), to
+    already prepared (:class:`metareg.learning.tasks.TaskData` with this card's grid, normalisation and pre-alignment), to
     share them between several networks trained on the same pairs; built here when None.
     """
     processes = start_processes(device)

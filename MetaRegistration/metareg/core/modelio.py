@@ -1,8 +1,8 @@
-"""Model files: ``NAME.safetensors`` (weights) + ``NAME.json`` (the card, :class:`metareg.card.ModelCard`), loaded
+"""Model files: ``NAME.safetensors`` (weights) + ``NAME.json`` (the card, :class:`metareg.core.card.ModelCard`), loaded
 without unpickling.
 
 Two digests tie the pair together: the card's ``sha256`` is that of the weights file, and the weights file's metadata
-holds the digest of the card's settings (:meth:`metareg.card.ModelCard.settings_digest`, key
+holds the digest of the card's settings (:meth:`metareg.core.card.ModelCard.settings_digest`, key
 :data:`SETTINGS_DIGEST_KEY`). So neither file can be edited or swapped alone: changed weights fail the first check, an
 edited grid, loss or refinement the second. The zoo's ``index.json`` also records each model's weights sha256.
 
@@ -23,9 +23,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .card import SETTINGS_FIELDS, ModelCard
-from .errors import ModelError, OutputError
-from .networks import RegistrationNetwork, build_network
+from metareg.core.card import SETTINGS_FIELDS, ModelCard
+from metareg.core.errors import ModelError, OutputError
+from metareg.core.networks import RegistrationNetwork, build_network
 
 #: Key of the card settings' digest in the weights file's safetensors metadata.
 SETTINGS_DIGEST_KEY = "metareg_card_settings_sha256"

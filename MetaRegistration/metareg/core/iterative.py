@@ -3,7 +3,7 @@
 Seed 002's "classical iterative" baseline, made multi-resolution: at each level of an image pyramid the voxel
 displacement (or, with ``diffeomorphic=True``, a stationary velocity integrated by scaling and squaring) is optimised
 with Adam against the same losses the networks use, then upsampled to start the next level. The same function refines
-a network's field (:func:`metareg.register.refinement_config`). Two choices, both on by default:
+a network's field (:func:`metareg.core.registration.refinement_config`). Two choices, both on by default:
 
 - each level optimises a cubic B-spline correction on control points every ``s`` voxels (by default 2 on the coarser
   levels, 4 at full resolution) instead of every voxel: the spatially coupled parameters move smooth errors far faster
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import check_int, check_float
-from .errors import Cancelled, ParameterError
-from .geometry import integrate_velocity, resize_displacement, warp_tensor
-from .losses import LossConfig, registration_loss
+from metareg.core.checks import check_int, check_float
+from metareg.core.errors import Cancelled, ParameterError
+from metareg.core.geometry import integrate_velocity, resize_displacement, warp_tensor
+from metareg.core.losses import LossConfig, registration_loss
 
 ProgressCallback = Callable[[float, str], None]
 

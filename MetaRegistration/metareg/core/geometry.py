@@ -25,8 +25,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .slabs import slabs
+from metareg.core.errors import InputError
+from metareg.core.slabs import slabs
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class Grid:
                     direction=self.direction)
 
     def slabs(self) -> list[slice]:
-        """The first tensor axis cut into slabs of bounded size (:func:`metareg.slabs.slabs`)."""
+        """The first tensor axis cut into slabs of bounded size (:func:`metareg.core.slabs.slabs`)."""
         return slabs(self.tensor_shape)
 
     def same_as(self, other: "Grid", tol: float = 1e-6) -> bool:

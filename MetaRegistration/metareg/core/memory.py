@@ -1,12 +1,12 @@
 """Memory before the work: what a registration will need, what the machine has, and what to do when it does not fit.
 
-:func:`plan` is called by :func:`metareg.register.register` before any work. A registration needs memory of two kinds:
+:func:`plan` is called by :func:`metareg.core.registration.register` before any work. A registration needs memory of two kinds:
 
 * on the fixed image's grid (CPU): the field (3 float64 per voxel in 3D), the Jacobian determinant, the warped image,
   the metrics' copies and, in the CLI, the read-back check of each written file: :data:`FIXED_BYTES_PER_VOXEL`;
 * on the work grid of the iterative method and of the refinement (on the device): the pyramid, the supersampled
   moving image, the B-spline parameters, Adam's state and the gradients: :data:`WORK_BYTES_PER_VOXEL`. The work grid
-  is the fixed grid coarsened to at most :data:`metareg.register.ITERATIVE_MAX_VOXELS`.
+  is the fixed grid coarsened to at most :data:`metareg.core.registration.ITERATIVE_MAX_VOXELS`.
 
 When both fit, nothing changes. When only a coarser work grid fits, the work grid is coarsened to fit (down to
 :data:`MIN_WORK_VOXELS`) and the report says so. When not even that fits, registration is refused with the memory
@@ -117,7 +117,7 @@ def _gib(value: float) -> str:
 
 def plan(dim: int, fixed_voxels: int, work_voxels: int, uses_work_grid: bool, device=None,
          available: int | None = None, gpu_free: int | None = None) -> MemoryPlan:
-    """Decide the work grid's cap for a registration, or refuse it (raises :class:`metareg.errors.InputError`).
+    """Decide the work grid's cap for a registration, or refuse it (raises :class:`metareg.core.errors.InputError`).
 
     Args:
         dim: 2 or 3. fixed_voxels: voxels of the fixed image. work_voxels: voxels of the usual work grid.
@@ -151,7 +151,7 @@ def plan(dim: int, fixed_voxels: int, work_voxels: int, uses_work_grid: bool, de
 
 
 def _refuse(fixed_voxels: int, needed: int, available: int, where: str) -> None:
-    from .errors import InputError
+    from metareg.core.errors import InputError
 
     raise InputError("fixed", f"registering this {fixed_voxels}-voxel image needs about {_gib(needed)} of memory"
                      f"{where}, and {_gib(max(available, 0))} are available",

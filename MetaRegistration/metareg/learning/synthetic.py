@@ -6,7 +6,7 @@ grid's space to ``x + d(x)``; between voxel centres ``d`` is interpolated linear
 ``DisplacementFieldTransform``), and it is zero outside the grid.
 
 This module generates and inverts *known* fields; applying a field (to images or points) is
-:mod:`metareg.geometry`'s ``warp_image`` and ``map_points``.
+:mod:`metareg.core.geometry`'s ``warp_image`` and ``map_points``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-from metareg.errors import InputError
-from metareg.geometry import field_to_transform, map_points
+from metareg.core.errors import InputError
+from metareg.core.geometry import field_to_transform, map_points
 
 __all__ = ["random_smooth_field", "invert_points"]
 

@@ -1,6 +1,6 @@
-"""Value checks shared by the library's configs, the model card and :func:`metareg.register.register`.
+"""Value checks shared by the library's configs, the model card and :func:`metareg.core.registration.register`.
 
-Each check returns the value (as ``int``/``float``) or raises :class:`metareg.errors.ParameterError` naming the
+Each check returns the value (as ``int``/``float``) or raises :class:`metareg.core.errors.ParameterError` naming the
 parameter. ``bool`` is never taken for a number, and floats are never taken for integers (``1e9`` is not a step count).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import ParameterError
+from metareg.core.errors import ParameterError
 
 
 def _describe(value: Any) -> str:
