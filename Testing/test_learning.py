@@ -25,19 +25,11 @@ from metareg.core.modelio import load_model
 from metareg.core.networks import build_network
 from metareg.learning.tasks import TaskData, adjacent_slice_pairs, load_task
 from metareg.core.card import GridSpec, ModelCard, Normalisation
-from metareg.learning.training import (
-    Processes,
-    ReptileConfig,
-    RunFiles,
-    TrainConfig,
-    adapt_to_task,
-    draw_sample,
-    draw_synthetic_sample,
-    generator,
-    reptile_loop,
-    reptile_update,
-    train_loop,
-)
+from metareg.learning.distributed import Processes
+from metareg.learning.config import ReptileConfig, TrainConfig
+from metareg.learning.runlog import RunFiles
+from metareg.learning.loops import adapt_to_task, reptile_loop, reptile_update, train_loop
+from metareg.learning.sampling import draw_sample, draw_synthetic_sample, generator
 
 TINY = {"family": "unet", "dim": 2, "encoder_channels": [8, 16, 16], "decoder_channels": [16, 16, 16, 8]}
 GRID = GridSpec((64, 64))
@@ -230,7 +222,10 @@ import sys, torch
 from pathlib import Path
 sys.path.insert(0, {testing!r})
 from test_learning import SPEC, datas, fresh_network
-from metareg.learning.training import ReptileConfig, RunFiles, TrainConfig, reptile_loop, start_processes, train_loop
+from metareg.learning.config import ReptileConfig, TrainConfig
+from metareg.learning.runlog import RunFiles
+from metareg.learning.loops import reptile_loop, train_loop
+from metareg.learning.distributed import start_processes
 out, root = Path(sys.argv[1]), Path(sys.argv[2])
 processes = start_processes("cpu")
 network = fresh_network(4)

@@ -139,7 +139,8 @@ def test_the_plain_progress_fallback_has_the_interface_the_engine_uses(monkeypat
     """Without tqdm: the CLI's bar, training's bar and an iterated bar, printing plain lines on stderr."""
     from metareg.app import cli
     from metareg.core import progress
-    from metareg.learning.training import Processes, _progress
+    from metareg.learning.distributed import Processes
+    from metareg.learning.loops import _progress
 
     monkeypatch.setitem(sys.modules, "tqdm", None)  # `from tqdm import tqdm` raises ImportError
     bar = cli.ProgressBar(enabled=True, description="registering")
@@ -184,7 +185,7 @@ def other_backend():
 
 
 def test_the_training_loss_plot_leaves_the_backend_alone(other_backend, tmp_path):
-    from metareg.learning.training import plot_loss_curves
+    from metareg.learning.runlog import plot_loss_curves
 
     rows = [{"step": s, "loss": 1 / (s + 1), "similarity": 0.5 / (s + 1), "regulariser": 0.01} for s in range(30)]
     path = tmp_path / "run.loss.png"

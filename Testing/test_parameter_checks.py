@@ -29,7 +29,10 @@ from metareg.core.losses import LossConfig
 from metareg.core.modelio import load_model, save_model
 from metareg.core.networks import build_network
 from metareg.core.registration import register
-from metareg.learning.training import CHECKPOINT_NAME, Processes, RunFiles, TrainConfig, save_checkpoint, train_loop
+from metareg.learning.runlog import CHECKPOINT_NAME, RunFiles, save_checkpoint
+from metareg.learning.distributed import Processes
+from metareg.learning.config import TrainConfig
+from metareg.learning.loops import train_loop
 from test_cli_errors import (FAST, TINY_UNET, blobs, empty_zoo, fails_cleanly, inputs, out, pair,  # noqa: F401
                              register_fails, snapshot, write)
 

@@ -16,7 +16,7 @@ unseen target domain is fundus photographs: ``fundus-2d-finetune`` (18 pairs, th
 - **Ours (short / long)**: ``multidomain-2d-reptile`` (task-level Reptile from the pretrained model) fine-tuned the
   same way.
 
-All training goes through :func:`metareg.learning.training.finetune` / :func:`metareg.learning.training.pretrain` with one recipe:
+All training goes through :func:`metareg.learning.recipes.finetune` / :func:`metareg.learning.recipes.pretrain` with one recipe:
 Adam, learning rate 1e-4 (``--lr``), batch 4, no augmentation (``--augment zoo``: the zoo models' rotation ±8°,
 shift ±5 %, smooth deformation ≤ 3 voxels), loss = local NCC (9×9 window) + 1.0 × gradient L2 of the displacement
 (the zoo cards' loss), seed 0. The same seed means Fine-tune and Ours see the same pairs (and augmentations) at every
@@ -88,7 +88,7 @@ QUICK = {"short": 2, "long": 4, "scratch": 4, "test_pairs": 3}
 def train_config(steps: int, checkpoint_every: int, recipe: dict):
     """The benchmark's one training recipe (``recipe``: learning_rate and augment) for ``steps`` steps."""
     from metareg.learning.augment import AugmentConfig
-    from metareg.learning.training import TrainConfig
+    from metareg.learning.config import TrainConfig
 
     return TrainConfig(steps=steps, batch_size=BATCH_SIZE, learning_rate=recipe["learning_rate"],
                        augment=AugmentConfig(**recipe["augment"]), seed=SEED, checkpoint_every=checkpoint_every)
@@ -150,7 +150,8 @@ def job_finetune_curve(parent: str, long_steps: int, points: list[int], out: str
     """
     from metareg.core.modelio import LoadedModel, load_model
     from metareg.learning.tasks import default_data_dir, load_task
-    from metareg.learning.training import finetune, load_checkpoint
+    from metareg.learning.recipes import finetune
+    from metareg.learning.runlog import load_checkpoint
 
     out_path = Path(out)
     fresh_run_files(out_path)
@@ -188,7 +189,7 @@ def job_train(parent: str | None, tasks: list[str], steps: int, out: str, test_p
     from metareg.core.modelio import load_model
     from metareg.learning.tasks import default_data_dir, load_task
     from metareg.core.card import RefinementDefaults
-    from metareg.learning.training import finetune, pretrain
+    from metareg.learning.recipes import finetune, pretrain
 
     out_path = Path(out)
     fresh_run_files(out_path)
@@ -459,8 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         "TRE mm: per pair the mean over its landmarks of |φ(p) − q| (φ: the registration's field, fixed point ↦ moving "
         "point, LPS mm); mean ± sd over pairs. NCC after: global NCC of fixed and warped moving on the fixed grid over "
         "the region both see. No test-time adaptation anywhere (adapt_steps = 0).",
-        f"One recipe for every trained row, through metareg.learning.training.finetune (Fine-tune, Ours) and "
-        f"metareg.learning.training.pretrain (Model-Seen/Unseen, fresh weights, seed 0): Adam lr {args.lr:g}, batch "
+        f"One recipe for every trained row, through metareg.learning.recipes.finetune (Fine-tune, Ours) and "
+        f"metareg.learning.recipes.pretrain (Model-Seen/Unseen, fresh weights, seed 0): Adam lr {args.lr:g}, batch "
         f"{BATCH_SIZE}, {describe_augment(args.augment)}, loss "
         "local NCC (9×9) + 1.0 × gradient L2, seed 0; the 2D zoo architecture (U-Net encoder [16,32,32,32], decoder "
         "[32,32,32,32,16,16], 128×128 model grid, 91k parameters)."

@@ -347,7 +347,7 @@ def train_voxelmorph(card_path: str | Path, steps: int, out: str | Path, seed: i
 
     From the card: the tasks (all of them, pooled), the model grid, the intensity normalisation, the batch size, the
     Adam learning rate, the augmentation and the seed; pairs are drawn and augmented exactly as
-    :func:`metareg.learning.training.train_loop` draws them (counter-based generator per step and slot). The loss is
+    :func:`metareg.learning.loops.train_loop` draws them (counter-based generator per step and slot). The loss is
     VoxelMorph's (``−NCC + λ · grad``), not ours. Returns the record written to the JSON (steps, seconds, loss curve).
     """
     import torch
@@ -356,7 +356,8 @@ def train_voxelmorph(card_path: str | Path, steps: int, out: str | Path, seed: i
 
     from metareg.learning.augment import AugmentConfig
     from metareg.learning.tasks import default_data_dir, load_task
-    from metareg.learning.training import PairPool, TaskData, draw_sample, generator
+    from metareg.learning.sampling import PairPool, draw_sample, generator
+    from metareg.learning.tasks import TaskData
 
     from metareg.core.modelio import read_card
 

@@ -8,7 +8,7 @@ Rows (Baum et al., Table 1, on our data):
 * **classical iterative** — ``register(fixed, moving)`` with no model: our direct multi-resolution optimisation of
   the displacement field (local NCC + gradient L2, Adam; :mod:`metareg.core.iterative`, default settings);
 * **LocalNet** and **VoxelMorph-style U-Net** — reference networks trained here *the same way as each other* with
-  :func:`metareg.learning.training.pretrain`: same data (``brain-mr-3d`` + ``brain-mr-3d-warp``), loss (local NCC + gradient
+  :func:`metareg.learning.recipes.pretrain`: same data (``brain-mr-3d`` + ``brain-mr-3d-warp``), loss (local NCC + gradient
   L2, weight 1), model grid, steps, batch size 1, Adam 1e-3, augmentation, seed 0, diffeomorphic head — the recipe of
   the 3D zoo model (/work/zoo3/train3d.sh; ``--recipe supervised``, the default: synthetic field supervision weight 1,
   augmentation 5°/3 %/3 voxels, no pre-alignment; ``--recipe affine``: the script's later version, affine
@@ -104,7 +104,7 @@ def cached_model_path(recipe: dict, cache_dir: Path) -> Path:
 
 
 def train_references(recipes: dict[str, dict], outs: dict[str, str], data_dir: str | None) -> dict:
-    """Train the reference networks one after the other with :func:`metareg.learning.training.pretrain` (in a fresh process).
+    """Train the reference networks one after the other with :func:`metareg.learning.recipes.pretrain` (in a fresh process).
 
     The recipes differ only in the architecture, so the networks share one prepared copy of the training pairs
     (model grid, normalisation, affine pre-alignment): the pairs the training will draw are prepared first, timed
@@ -114,7 +114,9 @@ def train_references(recipes: dict[str, dict], outs: dict[str, str], data_dir: s
     from metareg.core.losses import LossConfig
     from metareg.learning.tasks import TaskData, default_data_dir, load_task
     from metareg.core.card import GridSpec, ModelCard, Normalisation
-    from metareg.learning.training import PairPool, TrainConfig, generator, pretrain
+    from metareg.learning.sampling import PairPool, generator
+    from metareg.learning.config import TrainConfig
+    from metareg.learning.recipes import pretrain
 
     first = next(iter(recipes.values()))
     shared = {k: v for k, v in first.items() if k not in ("family", "architecture")}
@@ -127,7 +129,7 @@ def train_references(recipes: dict[str, dict], outs: dict[str, str], data_dir: s
     config = TrainConfig(steps=first["steps"], batch_size=first["batch_size"], learning_rate=first["learning_rate"],
                          augment=AugmentConfig(**first["augment"]), seed=first["seed"], checkpoint_every=0,
                          field_supervision=first["field_supervision"])
-    # the pairs the training draws (same counter-based draws as metareg.learning.training.train_loop), prepared once
+    # the pairs the training draws (same counter-based draws as metareg.learning.loops.train_loop), prepared once
     started = time.perf_counter()
     pool = PairPool(datas)
     drawn = set()
@@ -346,7 +348,7 @@ def notes_for(args, pairs, training, zoo, zoo_reason, iterative, has_labels) -> 
         f"seconds: one register() call per pair without its metrics stage, mean over pairs, CPU, {args.threads} "
         "thread(s), after one untimed warm-up call per network.",
         f"LocalNet and VoxelMorph-style U-Net are budget-matched reference networks trained here, not the zoo model, "
-        f"both the same way with metareg.learning.training.pretrain: the zoo's 3D recipe (/work/zoo3/train3d.sh, version "
+        f"both the same way with metareg.learning.recipes.pretrain: the zoo's 3D recipe (/work/zoo3/train3d.sh, version "
         f"'{args.recipe}': tasks {', '.join(TRAIN_TASKS)}; "
         f"{'affine pre-aligned pairs' if recipe['prealign'] == 'affine' else 'no pre-alignment'}; local NCC + "
         f"gradient L2 weight 1; diffeomorphic; augmentation rotation {recipe['augment']['rotation_deg']:g}°, shift "

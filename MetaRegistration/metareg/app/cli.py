@@ -614,31 +614,31 @@ def _add_data_commands(commands) -> None:
 def run_data_fetch(args: argparse.Namespace) -> int:
     import time
 
-    from metareg.app import datasets
+    from metareg.app.datasets import store
 
     root = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     names = [name.strip() for name in args.tasks.split(",") if name.strip()] if args.tasks else None
     start = time.monotonic()
-    rows = datasets.fetch(root, names, force=args.force,
+    rows = store.fetch(root, names, force=args.force,
                           log=lambda message: print(message, file=sys.stderr, flush=True))
     status = {row["name"]: row["status"] for row in rows}
-    infos = [info for info in datasets.list_tasks(root) if info["name"] in status]
-    print(datasets.format_table(infos, status))
-    print(f"\n{root}: downloads {datasets.folder_size_bytes(root / 'downloads') / 1e6:.0f} MB, tasks "
-          f"{datasets.folder_size_bytes(root / 'tasks') / 1e6:.0f} MB; {time.monotonic() - start:.0f} s")
+    infos = [info for info in store.list_tasks(root) if info["name"] in status]
+    print(store.format_table(infos, status))
+    print(f"\n{root}: downloads {store.folder_size_bytes(root / 'downloads') / 1e6:.0f} MB, tasks "
+          f"{store.folder_size_bytes(root / 'tasks') / 1e6:.0f} MB; {time.monotonic() - start:.0f} s")
     return 0
 
 
 def run_data_list(args: argparse.Namespace) -> int:
-    from metareg.app import datasets
+    from metareg.app.datasets import catalogue, store
 
     root = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-    infos = datasets.list_tasks(root)
+    infos = store.list_tasks(root)
     if infos:
-        print(datasets.format_table(infos))
+        print(store.format_table(infos))
     else:
         print(f"No tasks are built in {root}. Run `metareg data fetch`.")
-    missing = [name for name in datasets.TASKS if name not in {info["name"] for info in infos}]
+    missing = [name for name in catalogue.TASKS if name not in {info["name"] for info in infos}]
     if args.all and missing:
         print(f"\nnot built: {', '.join(missing)}")
     return 0
@@ -755,7 +755,7 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
     except KeyboardInterrupt as interrupt:
         how = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
         if args.command in ("pretrain", "finetune", "metatrain"):
-            from metareg.learning.training import CHECKPOINT_NAME
+            from metareg.learning.runlog import CHECKPOINT_NAME
 
             checkpoint = Path(args.out).with_name(Path(args.out).stem + ".ckpt") / CHECKPOINT_NAME
             kept = (f"; the last checkpoint {checkpoint} is kept: the same command with --resume continues from it"

@@ -113,7 +113,8 @@ def _command_line() -> str:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from metareg.learning.training import TrainConfig, pretrain
+    from metareg.learning.config import TrainConfig
+    from metareg.learning.recipes import pretrain
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, augment=_augment(args),
                          seed=args.seed, checkpoint_every=args.checkpoint_every,
@@ -126,7 +127,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from metareg.learning.training import TrainConfig, finetune
+    from metareg.learning.config import TrainConfig
+    from metareg.learning.recipes import finetune
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, augment=_augment(args),
                          seed=args.seed, checkpoint_every=args.checkpoint_every,
@@ -149,7 +151,8 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_metatrain(args: argparse.Namespace) -> int:
-    from metareg.learning.training import ReptileConfig, metatrain
+    from metareg.learning.config import ReptileConfig
+    from metareg.learning.recipes import metatrain
 
     config = ReptileConfig(level=args.level, steps=args.steps, tasks_per_step=args.tasks_per_step,
                            inner_steps=args.inner_steps, inner_learning_rate=args.inner_lr,

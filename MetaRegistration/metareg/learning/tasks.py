@@ -26,7 +26,6 @@ from metareg.core.errors import InputError
 from metareg.core.imageio import read_image
 from metareg.core.preprocess import prepare_pair
 
-
 PAIR_COLUMNS = ("fixed", "moving", "fixed_landmarks", "moving_landmarks", "fixed_labels", "moving_labels")
 
 
