@@ -496,7 +496,7 @@ def test_interrupt_while_writing_leaves_nothing(inputs, out, capsys, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(metareg.app.cli, "_write_transform", interrupted)
+    monkeypatch.setattr(metareg.app.cli, "write_transform", interrupted)
     (out / "field.nii.gz").write_bytes(b"older field")
     before = snapshot(out)
     rc = main(["register", *pair(inputs), *FAST, *outputs(out), "--quiet"])

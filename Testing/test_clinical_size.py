@@ -75,9 +75,9 @@ def test_register_coarsens_its_work_grid_and_says_so(monkeypatch):
     monkeypatch.setattr(memory, "MIN_WORK_VOXELS", {2: 100, 3: 1000})
     with pytest.warns(RegistrationWarning, match="the work grid of the iterative method was coarsened"):
         result = register(fixed, moving, device="cpu")
-    assert int(np.prod(result.report["model_grid"]["size"])) <= 20_000 * 1.1
-    assert result.report["memory"]["work_max_voxels"] == 20_000
-    assert any("coarsened" in warning for warning in result.report["warnings"])
+    assert int(np.prod(result.report.model_grid["size"])) <= 20_000 * 1.1
+    assert result.report.memory["work_max_voxels"] == 20_000
+    assert any("coarsened" in warning for warning in result.report.warnings)
     assert result.field.GetSize() == fixed.GetSize()  # the outputs stay on the fixed grid
 
 

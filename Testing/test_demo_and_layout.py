@@ -17,7 +17,7 @@ def test_demo_writes_every_output_and_a_report_with_its_panels(tmp_path, capsys)
     out = tmp_path / "demo"
     assert demo_main(["--pair", "brain2d", "--output", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "the zoo network multidomain-2d-reptile, adapted to this pair for 10 steps" in printed  # the zoo by default
+    assert "the network multidomain-2d-reptile, adapted to this pair for 10 steps" in printed  # the zoo by default
     expected = {"warped.nii.gz", "field.nii.gz", "transform.h5", "checkerboard.nii.gz", "jacobian.nii.gz",
                 "report.json", "report.png"}
     assert {p.name for p in out.iterdir()} == expected  # and nothing half-written beside them
@@ -51,7 +51,7 @@ def test_the_default_demo_registers_the_3d_pair_with_the_zoo(tmp_path, capsys):
     out = tmp_path / "demo3d"
     assert demo_main(["--output", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "affine pre-alignment, then the zoo network brain-mr-3d-reptile, then 30 refinement steps" in printed
+    assert "affine pre-alignment, then the network brain-mr-3d-reptile, then 30 refinement steps" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["pair"] == "brain3d" and report["model"] == "brain-mr-3d-reptile"
     assert report["affine"] and report["adapt_steps"] == 0 and report["refine_steps"] == 30
@@ -77,7 +77,7 @@ def test_slicer_extension_cmake_is_complete():
 def test_packaging_pins_torch_and_exposes_the_cli():
     project = (REPO / "pyproject.toml").read_text()  # (tomllib is Python >= 3.11 only)
     assert re.search(r'^dependencies = \[[^\]]*"torch==2\.13\.0"', project, re.M | re.S)
-    assert re.search(r'^metareg = "metareg\.console:main"$', project, re.M)
+    assert re.search(r'^metareg = "metareg\.app\.console:main"$', project, re.M)
     assert re.search(r'^package-dir = \{ "" = "MetaRegistration" \}$', project, re.M)
     run = (REPO / "run").read_text()
     assert "demo)" in run and "test)" in run and ".venv" in run

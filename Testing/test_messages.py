@@ -30,21 +30,21 @@ def test_images_that_do_not_overlap_are_warned_about(tmp_path, capsys):
     fixed, moving = _pair(moving_origin=(400.0, 12.5, 3.0))  # 400 mm away: no overlap
     with pytest.warns(RegistrationWarning, match="fixed and moving images do not overlap in physical space"):
         result = register(fixed, moving, device="cpu")
-    assert len(result.report["warnings"]) == 1 and "centres are 405 mm apart" in result.report["warnings"][0]
+    assert len(result.report.warnings) == 1 and "centres are 405 mm apart" in result.report.warnings[0]
     paths = [write(image, tmp_path / f"{name}.nii.gz") for name, image in (("fixed", fixed), ("moving", moving))]
     report = tmp_path / "report.json"
     assert main(["register", "--fixed", str(paths[0]), "--moving", str(paths[1]), "--iterations", "2,2",
                  "--report", str(report), "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"metareg register: warning: {result.report['warnings'][0]}"]
-    assert json.loads(report.read_text())["warnings"] == result.report["warnings"]
+    assert err.splitlines() == [f"metareg register: warning: {result.report.warnings[0]}"]
+    assert json.loads(report.read_text())["warnings"] == result.report.warnings
 
 
 def test_overlapping_inputs_get_no_warning():
     fixed, moving = _pair()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RegistrationWarning)
-        assert register(fixed, moving, device="cpu", iterative_config=None).report["warnings"] == []
+        assert register(fixed, moving, device="cpu", iterative_config=None).report.warnings == []
 
 
 def test_landmarks_outside_their_image_are_warned_about():
@@ -58,7 +58,7 @@ def test_landmarks_outside_their_image_are_warned_about():
     messages = [str(w.message) for w in caught]
     assert messages == ["fixed_landmarks: 2 of 3 points lie outside the fixed image (B, C): check their coordinate "
                         "system (LPS or RAS) and that they belong to this image"]
-    assert result.report["warnings"] == messages
+    assert result.report.warnings == messages
 
 
 def test_the_progress_bar_follows_a_long_test_time_adaptation(tmp_path):
@@ -79,6 +79,6 @@ def test_the_progress_bar_follows_a_long_test_time_adaptation(tmp_path):
     assert middle - first == pytest.approx(19 / 39 * span, rel=1e-6)  # in equal steps
     fractions = [fraction for fraction, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
-    seconds = result.report["seconds"]
+    seconds = result.report.seconds
     share = seconds["adaptation"] / seconds["total"]
     assert 0.5 * share < span < min(1.0, 2.0 * share), (span, seconds)

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
@@ -137,13 +136,12 @@ def test_registering_and_evaluating_without_tqdm_and_matplotlib(sample_dir, pair
 
 def test_the_plain_progress_fallback_has_the_interface_the_engine_uses(monkeypatch, capsys):
     """Without tqdm: the CLI's bar, training's bar and an iterated bar, printing plain lines on stderr."""
-    from metareg.app import cli
     from metareg.core import progress
     from metareg.learning.distributed import Processes
     from metareg.learning.loops import _progress
 
     monkeypatch.setitem(sys.modules, "tqdm", None)  # `from tqdm import tqdm` raises ImportError
-    bar = cli.ProgressBar(enabled=True, description="registering")
+    bar = progress.ProgressBar(enabled=True, description="registering")
     assert isinstance(bar.bar, progress.PlainProgress) and bar.bar.interval >= 10  # a line every 10 s at most
     bar.bar.interval = 0.0  # a line at every update, for the test
     bar(0.5, "level 1")
@@ -198,14 +196,15 @@ def test_the_training_loss_plot_leaves_the_backend_alone(other_backend, tmp_path
 def test_the_png_report_leaves_the_backend_alone(other_backend, sample_dir, tmp_path):
     from metareg.core.geometry import Grid, resample_onto
     from metareg.app.visualize import render_report_png
+    from metareg.core.report import RegistrationReport
 
     fixed = sitk.ReadImage(str(sample_dir / "brain2d_fixed.nii.gz"))
     moving = sitk.ReadImage(str(sample_dir / "brain2d_moving.nii.gz"))
     warped = resample_onto(moving, Grid.from_image(fixed))
     jacobian = sitk.Image(fixed.GetSize(), sitk.sitkFloat32) + 1.0
     jacobian.CopyInformation(fixed)
-    report = {"method": "iterative", "ncc_before": 0.5, "ncc_after": 0.9, "folding_fraction": 0.0,
-              "std_log_jacobian": 0.01, "seconds": {"total": 1.0}}
+    report = RegistrationReport(method="iterative", ncc_before=0.5, ncc_after=0.9, std_log_jacobian=0.01,
+                                seconds={"total": 1.0})
     path = tmp_path / "report.png"
     render_report_png(path, fixed, moving, warped, jacobian, report)
     assert other_backend.get_backend() == "svg"
@@ -213,13 +212,14 @@ def test_the_png_report_leaves_the_backend_alone(other_backend, sample_dir, tmp_
 
 
 def test_the_png_report_without_matplotlib_names_it(monkeypatch, sample_dir, tmp_path):
-    from metareg.core.errors import MetaRegError
     from metareg.app.visualize import render_report_png
+    from metareg.core.errors import MetaRegError
+    from metareg.core.report import RegistrationReport
 
     for name in [n for n in sys.modules if n.split(".")[0] == "matplotlib"]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     fixed = sitk.ReadImage(str(sample_dir / "brain2d_fixed.nii.gz"))
     with pytest.raises(MetaRegError, match="needs matplotlib"):
-        render_report_png(tmp_path / "report.png", fixed, fixed, fixed, fixed, {})
+        render_report_png(tmp_path / "report.png", fixed, fixed, fixed, fixed, RegistrationReport(method="iterative"))
     assert not (tmp_path / "report.png").exists()

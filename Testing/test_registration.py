@@ -24,6 +24,7 @@ from metareg.core.modelio import load_model, save_model, sha256_of
 from metareg.core.networks import build_network
 from metareg.core.preprocess import prepare_pair
 from metareg.core.registration import landmark_report, refinement_config, register
+from metareg.core.report import RegistrationReport
 from metareg.learning.synthetic import invert_points, random_smooth_field
 
 
@@ -48,10 +49,10 @@ def test_iterative_recovers_a_known_2d_warp_below_one_voxel(brain2d_known_warp):
     fixed, moving, fixed_landmarks, moving_landmarks = brain2d_known_warp
     result = register(fixed, moving, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, device="cpu")
     report = result.report
-    assert report["tre_before"]["mean"] > 2.0  # the warp is not trivial
-    assert report["tre_after"]["mean"] < 1.0  # below one voxel (1 mm)
-    assert report["ncc_after"] > report["ncc_before"]
-    assert report["folding_fraction"] == 0.0
+    assert report.tre_before["mean"] > 2.0  # the warp is not trivial
+    assert report.tre_after["mean"] < 1.0  # below one voxel (1 mm)
+    assert report.ncc_after > report.ncc_before
+    assert report.folding_fraction == 0.0
     first_level = IterativeConfig().iterations[0]
     assert len(result.loss_curve) == sum(IterativeConfig().iterations)
     assert result.loss_curve[first_level - 1] < result.loss_curve[0]
@@ -65,7 +66,7 @@ def test_label_maps_give_dice_and_surface_distances(sample_dir, tmp_path):
     fixed_labels = sitk.OtsuMultipleThresholds(sitk.SmoothingRecursiveGaussian(fixed, 1.0), numberOfThresholds=2)
     moving_labels = warp_image(fixed_labels, truth, sitk.sitkNearestNeighbor)
     result = register(fixed, moving, fixed_labels=fixed_labels, moving_labels=moving_labels, device="cpu")
-    labels = result.report["labels"]
+    labels = result.report.labels
     assert set(labels["per_label"]) == {"1", "2"}
     assert labels["mean_dice_after"] > labels["mean_dice_before"] + 0.05
     assert labels["mean_dice_after"] > 0.9
@@ -106,11 +107,11 @@ def test_iterative_recovers_the_3d_sample_warp(brain3d_result):
     """The sample pair: the template and a known synthetic warp + rigid motion of it (2 mm voxels)."""
     fixed, moving, fl, ml, result, before, fractions = brain3d_result
     report = result.report
-    assert report["tre_before"]["n"] == 32
-    assert report["tre_before"]["mean"] > 5.0
-    assert report["tre_after"]["mean"] < 1.0  # half a voxel
-    assert report["folding_fraction"] < 1e-4
-    assert report["ncc_after"] > 0.97
+    assert report.tre_before["n"] == 32
+    assert report.tre_before["mean"] > 5.0
+    assert report.tre_after["mean"] < 1.0  # half a voxel
+    assert report.folding_fraction < 1e-4
+    assert report.ncc_after > 0.97
     # fractions rise to 1
     assert fractions[-1] == pytest.approx(1.0) and all(b >= a - 1e-9 for a, b in zip(fractions, fractions[1:]))
 
@@ -126,8 +127,9 @@ def test_registration_outputs_live_on_the_fixed_grid_and_inputs_are_untouched(br
     # the warped image is the ORIGINAL moving image resampled through the exported field
     again = warp_image(moving, result.field)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(result.warped))
-    json.dumps(result.report)  # JSON-able
-    assert set(result.report["seconds"]) >= {"preprocess", "registration", "field", "warp", "metrics", "total"}
+    assert json.loads(result.report.to_json()) == result.report.to_dict()  # JSON-able
+    assert RegistrationReport.from_dict(json.loads(result.report.to_json())).to_dict() == result.report.to_dict()
+    assert set(result.report.seconds) >= {"preprocess", "registration", "field", "warp", "metrics", "total"}
 
 
 def test_tre_of_the_report_matches_hand_computed_distances():
@@ -136,11 +138,12 @@ def test_tre_of_the_report_matches_hand_computed_distances():
     field = affine_to_field(shift, reference)
     p = np.array([[5.0, 5.0, 5.0], [10.0, 4.0, 7.0]])
     q = p + np.array([[2.0, 3.0, 4.0], [2.0, 0.0, 0.0]])  # after the 2 mm shift: 5 mm (3-4-5) and 0 mm off
-    report = landmark_report(field, ["a", "b"], p, q, dim=3)
-    assert [row["tre_after_mm"] for row in report["landmarks"]] == pytest.approx([5.0, 0.0], abs=1e-9)
-    assert [row["tre_before_mm"] for row in report["landmarks"]] == pytest.approx([np.sqrt(29), 2.0])
-    assert report["tre_after"]["mean"] == pytest.approx(2.5)
-    assert report["tre_after"]["max"] == pytest.approx(5.0)
+    before, after, rows = landmark_report(field, ["a", "b"], p, q, dim=3)
+    assert [row["label"] for row in rows] == ["a", "b"]
+    assert [row["tre_after_mm"] for row in rows] == pytest.approx([5.0, 0.0], abs=1e-9)
+    assert [row["tre_before_mm"] for row in rows] == pytest.approx([np.sqrt(29), 2.0])
+    assert after["mean"] == pytest.approx(2.5) and after["max"] == pytest.approx(5.0) and after["n"] == 2
+    assert before["mean"] == pytest.approx((np.sqrt(29) + 2.0) / 2)
 
 
 @pytest.mark.parametrize("family", ["unet", "localnet"])
@@ -229,12 +232,12 @@ def test_test_time_adaptation_improves_the_pair_and_leaves_the_model_unchanged(t
     adapted = register(fixed, moving, model=model, adapt_steps=30, adapt_learning_rate=3e-3, device="cpu",
                        fixed_landmarks=fl, moving_landmarks=ml)
     assert len(adapted.loss_curve) == 30 and adapted.loss_curve[-1] < adapted.loss_curve[0]
-    assert adapted.report["ncc_after"] > zero.report["ncc_after"]
-    assert adapted.report["tre_after"]["mean"] < zero.report["tre_after"]["mean"]
+    assert adapted.report.ncc_after > zero.report.ncc_after
+    assert adapted.report.tre_after["mean"] < zero.report.tre_after["mean"]
     for key, value in model.network.state_dict().items():
         assert torch.equal(value, weights_before[key]), key
     assert sha256_of(path) == file_before
-    assert adapted.report["method"] == "network" and adapted.report["adapt_steps"] == 30
+    assert adapted.report.method == "network" and adapted.report.adapt_steps == 30
 
 
 def test_refinement_starts_from_the_network_and_improves_it(tmp_path, brain2d_known_warp):
@@ -248,11 +251,11 @@ def test_refinement_starts_from_the_network_and_improves_it(tmp_path, brain2d_kn
                        fixed_landmarks=fl, moving_landmarks=ml)
     refined = register(fixed, moving, model=model, adapt_steps=30, adapt_learning_rate=3e-3, refine_steps=15,
                        device="cpu", fixed_landmarks=fl, moving_landmarks=ml)
-    assert refined.report["refine_steps"] == 15 and adapted.report["refine_steps"] == 0
+    assert refined.report.refine_steps == 15 and adapted.report.refine_steps == 0
     assert len(refined.loss_curve) == 30 + 15  # adaptation's steps, then refinement's
-    assert refined.report["refine_grid"]["size"] == list(fixed.GetSize())  # small enough for its own grid
-    assert refined.report["tre_after"]["mean"] < 0.8 * adapted.report["tre_after"]["mean"]
-    assert refined.report["ncc_after"] > adapted.report["ncc_after"]
+    assert refined.report.refine_grid["size"] == list(fixed.GetSize())  # small enough for its own grid
+    assert refined.report.tre_after["mean"] < 0.8 * adapted.report.tre_after["mean"]
+    assert refined.report.ncc_after > adapted.report.ncc_after
     grid = Grid.from_image(fixed)  # the same 15 steps from the identity instead of from the network
     _, fixed_t, moving_t = prepare_pair(fixed, moving, None, model.card.normalisation, grid=grid)
     _, identity_curve = register_iterative(fixed_t, moving_t, refinement_config(15, model.card.loss))
@@ -274,8 +277,8 @@ def test_the_card_sets_the_default_refinement(tmp_path, brain2d_known_warp):
     assert config.iterations == (3, 1) and config.shrink_factors == (2, 1) and config.control_spacing == (2, 4)
     assert config.supersample
     assert refinement_config(4, losses.LossConfig("mi", regulariser_weight=2.0)).loss.regulariser_weight == 2.0
-    assert register(fixed, moving, model=model, device="cpu").report["refine_steps"] == 4
-    assert register(fixed, moving, model=model, refine_steps=0, device="cpu").report["refine_steps"] == 0
+    assert register(fixed, moving, model=model, device="cpu").report.refine_steps == 4
+    assert register(fixed, moving, model=model, refine_steps=0, device="cpu").report.refine_steps == 0
 
 
 def test_iterative_refinement_checks_its_start():
@@ -388,7 +391,7 @@ def test_mapped_points_follow_the_field(brain3d_result):
     fixed, moving, fl, ml, result, _, _ = brain3d_result
     mapped = map_points(result.field, fl.points_lps)
     distances = np.linalg.norm(mapped - ml.points_lps, axis=1)
-    assert [row["tre_after_mm"] for row in result.report["landmarks"]] == pytest.approx(list(distances))
+    assert [row["tre_after_mm"] for row in result.report.landmarks] == pytest.approx(list(distances))
 
 
 def test_bspline_field_is_a_partition_of_unity_and_reproduces_a_ramp():

@@ -61,7 +61,7 @@ def test_each_model_registers_its_sample_pair(entry, sample_dir):
         fixed = sitk.ReadImage(str(sample_dir / "brain2d_fixed.nii.gz"))
         moving = sitk.ReadImage(str(sample_dir / "brain2d_moving.nii.gz"))
         result = register(fixed, moving, model=model, device="cpu")
-        assert result.report["ncc_after"] > result.report["ncc_before"]
+        assert result.report.ncc_after > result.report.ncc_before
     else:
         contrast = "T2" if "T2w" in entry["modality"] else "T1"
         fixed = sitk.ReadImage(str(sample_dir / "brain3d_fixed_T1.nii.gz"))
@@ -69,9 +69,9 @@ def test_each_model_registers_its_sample_pair(entry, sample_dir):
         landmarks = {"fixed_landmarks": read_landmarks(sample_dir / "brain3d_fixed_landmarks.mrk.json"),
                      "moving_landmarks": read_landmarks(sample_dir / "brain3d_moving_landmarks.mrk.json")}
         network_only = register(fixed, moving, model=model, refine_steps=0, device="cpu", **landmarks)
-        assert network_only.report["tre_after"]["mean"] < 0.5 * network_only.report["tre_before"]["mean"]
-        assert network_only.report["folding_fraction"] == 0.0  # diffeomorphic network
+        assert network_only.report.tre_after["mean"] < 0.5 * network_only.report.tre_before["mean"]
+        assert network_only.report.folding_fraction == 0.0  # diffeomorphic network
         result = register(fixed, moving, model=model, device="cpu", **landmarks)  # with the card's refinement
-        assert result.report["refine_steps"] > 0
-        assert result.report["tre_after"]["mean"] < 0.8 * network_only.report["tre_after"]["mean"]
-    assert result.report["folding_fraction"] < 0.001
+        assert result.report.refine_steps > 0
+        assert result.report.tre_after["mean"] < 0.8 * network_only.report.tre_after["mean"]
+    assert result.report.folding_fraction < 0.001

@@ -65,22 +65,10 @@ class RegistrationOutputs:
 
 
 def results_line(report: dict) -> str:
-    """One line for the panel: TRE before → after, NCC, folding, seconds per stage, device."""
-    parts = []
-    if report.get("tre_before"):
-        before, after = report["tre_before"], report["tre_after"]
-        parts.append(f"TRE {before['mean']:.2f} → {after['mean']:.2f} mm (mean of {before['n']})")
-    if report["ncc_before"] is not None:
-        parts.append(f"NCC {report['ncc_before']:.3f} → {report['ncc_after']:.3f}")
-    labels = report.get("labels")
-    if labels and labels.get("mean_dice_after") is not None:
-        parts.append(f"Dice {labels['mean_dice_before']:.3f} → {labels['mean_dice_after']:.3f}")
-    parts.append(f"folding {100 * report['folding_fraction']:.3f} %")
-    seconds = report.get("seconds", {})
-    stages = ", ".join(f"{name} {value:.1f}" for name, value in seconds.items() if name != "total" and value >= 0.05)
-    parts.append(f"{seconds.get('total', float('nan')):.1f} s ({stages})")
-    parts.append(str(report.get("device", "")))
-    return " · ".join(parts)
+    """The panel's line for a report as JSON data (the engine's :meth:`RegistrationReport.summary_line`)."""
+    from metareg.core.report import RegistrationReport
+
+    return RegistrationReport.from_dict(report).summary_line()
 
 
 def _unique(scene, base: str) -> str:

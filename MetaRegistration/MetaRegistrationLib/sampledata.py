@@ -7,7 +7,6 @@ from pathlib import Path
 
 import slicer
 
-
 #: The module folder (the one holding MetaRegistration.py): the source folder of a checkout added to Slicer's
 #: module paths, or ``qt-scripted-modules/`` of a build tree or an installed extension.
 MODULE_DIR = Path(__file__).resolve().parent.parent

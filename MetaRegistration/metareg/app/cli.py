@@ -16,26 +16,32 @@ import argparse
 import contextlib
 import csv
 import json
-import math
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from metareg import __version__
 from metareg.core.device import DEVICE_CHOICES
-from metareg.core.errors import InputError, MetaRegError, OutputError
-from metareg.core.imageio import (WRITE_FAILED_HINT, atomic_output, check_output_path, output_files, read_image, scratch_folder,
-                      shared_file, write_image)
+from metareg.core.errors import InputError, MetaRegError
+from metareg.core.imageio import (
+    atomic_output,
+    read_image,
+    write_image,
+)
 from metareg.core.iterative import IterativeConfig
 from metareg.core.landmarks import Landmarks, read_landmarks, write_landmarks
 from metareg.core.losses import SIMILARITIES, LossConfig
 from metareg.core.modelio import default_zoo_dir, load_model, read_index
+from metareg.core.outputs import (
+    Outputs,
+    check_transform_name,
+    json_safe,
+    write_json,
+    write_transform,
+)
+from metareg.core.progress import ProgressBar
 from metareg.learning.tasks import default_data_dir
 
 EXAMPLES = """\
@@ -109,198 +115,6 @@ def _parameters_as_options(names: dict[str, str]):
         if renamed == error.input_name:
             raise
         raise type(error)(renamed, error.problem, error.hint) from None
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Outputs: checked before any work, written all-or-nothing
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class Outputs:
-    """The files a command will write: checked up front, then written; if one fails, the ones written are removed.
-
-    ``inputs``: ``(option, path)`` of every file the command reads; no output may be one of them (or a companion file
-    of one, or the same file through a link): :func:`metareg.core.imageio.check_output_path`.
-    """
-
-    def __init__(self, inputs: Sequence[tuple[str, str | Path | None]] = ()) -> None:
-        self.inputs = list(inputs)
-        self.planned: list[tuple[str, Path, Callable[[Path], None]]] = []
-
-    def add(self, option: str, path: str | None, writer: Callable[[Path], None]) -> None:
-        if path is None:
-            return
-        target = check_output_path(path, option, self.inputs)
-        shared = shared_file(target, [(other, planned) for other, planned, _ in self.planned])
-        if shared:
-            file, other, other_path, other_file = shared
-            if (file, other_file) == (target, other_path):
-                raise OutputError(f"{option} {target}: is also given as {other} (give each output its own file)")
-            raise OutputError(f"{option} {target}: {file.name} is also a file of {other} {other_path} (a format's "
-                              "companion files; give each output its own file name)")
-        self.planned.append((option, target, writer))
-
-    def check(self) -> None:
-        """Fail now, before the work, if any output folder cannot be written. Existing files are not touched."""
-        for option, target, _ in self.planned:
-            folder = target.parent
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise OutputError(f"{option} {target}: folder {folder} is not writable (choose another folder)")
-            scratch_folder(target, option).rmdir()
-
-    def write(self) -> None:
-        """Write every planned output; if one fails (or the run is interrupted), remove what was written and put back
-        every file it replaced, companion files included (the ``.zraw`` of a ``.mhd``).
-
-        The set is written as one unit: another ``metareg`` run writing any of the same files waits until this one
-        has written all of its own (:func:`_output_locks`), so two runs never leave a mixed set.
-        """
-        with _output_locks([target for _, target, _ in self.planned]):
-            self._write()
-
-    def _write(self) -> None:
-        kept: list[tuple[Path, Path]] = []  # (file that existed, hidden hard link to its old content)
-        created: list[Path] = []  # files that did not exist
-        try:
-            for option, target, writer in self.planned:
-                new = []
-                for file in output_files(target):
-                    if os.path.lexists(file):
-                        kept.append((file, _keep(file, option)))
-                    else:
-                        new.append(file)
-                try:
-                    writer(target)
-                finally:
-                    created += [file for file in new if os.path.lexists(file)]
-        except BaseException:
-            for file in created:
-                with contextlib.suppress(OSError):
-                    file.unlink()
-            for file, old in kept:
-                with contextlib.suppress(OSError):
-                    os.replace(old, file)
-            raise
-        finally:
-            for _, old in kept:
-                shutil.rmtree(old.parent, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _output_locks(targets: Sequence[Path]):
-    """Hold an exclusive lock for each output path (in the system's temporary folder, keyed by the resolved path, so
-    nothing is added beside the outputs) while a set is written; taken in one order, so two runs cannot deadlock.
-    POSIX only (``fcntl``); elsewhere the set is written unlocked."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    import hashlib
-
-    folder = Path(tempfile.gettempdir()) / "metareg-output-locks"
-    folder.mkdir(mode=0o1777, exist_ok=True)
-    keys = sorted({hashlib.sha256(str(Path(target).resolve()).encode()).hexdigest()[:32] for target in targets})
-    handles = []
-    try:
-        for key in keys:
-            handle = open(folder / f"{key}.lock", "a+b")  # noqa: SIM115 - closed below
-            handles.append(handle)
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        yield
-    finally:
-        for handle in reversed(handles):
-            with contextlib.suppress(OSError):
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            handle.close()
-
-
-def _keep(file: Path, option: str) -> Path:
-    """A hidden hard link (or copy) of ``file`` beside it, to restore it if a later output fails."""
-    folder = scratch_folder(file, option)
-    kept = folder / file.name
-    try:
-        try:
-            os.link(file, kept, follow_symlinks=False)
-        except OSError:
-            shutil.copy2(file, kept, follow_symlinks=False)
-    except OSError as error:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise OutputError(f"{option} {file}: cannot write in {file.parent} ({error.strerror or error})") from error
-    return kept
-
-
-def _write_json(data: dict, path: Path, option: str) -> None:
-    with atomic_output(path, option) as temporary:
-        temporary.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
-
-
-def _check_transform_name(path: str | Path, option: str) -> None:
-    if not Path(path).name.endswith((".h5", ".hdf5", ".tfm", ".txt")):
-        raise OutputError(f"{option} {path}: give an ITK transform file name ending in .h5 (or .tfm)")
-
-
-def _write_transform(field: sitk.Image, path: Path, option: str) -> None:
-    from metareg.core.geometry import field_to_transform
-
-    _check_transform_name(path, option)
-    with atomic_output(path, option) as temporary:
-        transform = field_to_transform(field)
-        sitk.WriteTransform(transform, str(temporary))
-        # ITK's text writer (.tfm) ignores a full disk: read the file back and count its parameters
-        expected = (transform.GetNumberOfParameters(), transform.GetNumberOfFixedParameters())
-        del transform  # a copy of the field: not kept while the file is read back
-        try:
-            written = sitk.ReadTransform(str(temporary))
-            counts = (written.GetNumberOfParameters(), written.GetNumberOfFixedParameters())
-        except RuntimeError:
-            counts = (0, 0)
-        if counts != expected:
-            raise OutputError(f"{option} {path}: the file written is not the whole transform (it reads back with "
-                              f"{counts[0]} of {expected[0]} parameters); {WRITE_FAILED_HINT}")
-
-
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return None if not math.isfinite(float(value)) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Progress
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class ProgressBar:
-    """A progress bar fed with (fraction, message) callbacks; silent when ``enabled`` is False.
-
-    tqdm's where it is installed, else a plain line on stderr now and then (:mod:`metareg.core.progress`).
-    """
-
-    def __init__(self, enabled: bool, description: str = "registering"):
-        self.bar = None
-        if enabled:
-            from metareg.core.progress import progress_bar
-
-            interactive = sys.stderr is not None and sys.stderr.isatty()
-            self.bar = progress_bar(total=1000, desc=description, leave=False,
-                                    mininterval=0.1 if interactive else 10.0,
-                                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(message, refresh=False)
-            self.bar.update(int(1000 * fraction) - self.bar.n)  # redraws at most every mininterval
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -405,7 +219,7 @@ def run_register(args: argparse.Namespace) -> int:
     model = _load_method(args)
     iterative_config = None if model is not None else _iterative_config(args)
     if args.transform:
-        _check_transform_name(args.transform, "--transform")
+        check_transform_name(args.transform, "--transform")
     outputs = Outputs([("--fixed", args.fixed), ("--moving", args.moving),
                        ("--fixed-landmarks", args.fixed_landmarks), ("--moving-landmarks", args.moving_landmarks),
                        ("--fixed-labels", args.fixed_labels), ("--moving-labels", args.moving_labels),
@@ -418,11 +232,11 @@ def run_register(args: argparse.Namespace) -> int:
 
     outputs.add("--warped", args.warped, image_writer("warped", "--warped"))
     outputs.add("--field", args.field, image_writer("field", "--field"))
-    outputs.add("--transform", args.transform, lambda p: _write_transform(result_box["result"].field, p, "--transform"))
+    outputs.add("--transform", args.transform, lambda p: write_transform(result_box["result"].field, p, "--transform"))
     outputs.add("--jacobian", args.jacobian, image_writer("jacobian", "--jacobian"))
     outputs.add("--mapped-landmarks", args.mapped_landmarks, lambda p: write_landmarks(result_box["mapped"], p))
     outputs.add("--warped-labels", args.warped_labels, image_writer("warped_labels", "--warped-labels"))
-    outputs.add("--report", args.report, lambda p: _write_json(result_box["report"], p, "--report"))
+    outputs.add("--report", args.report, lambda p: write_json(result_box["report"], p, "--report"))
     outputs.check()
 
     events = getattr(args, "events", None)  # the worker's JSON lines (metareg.app.worker) instead of a progress bar
@@ -436,7 +250,7 @@ def run_register(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    report = {"fixed": str(args.fixed), "moving": str(args.moving), **result.report}
+    report = {"fixed": str(args.fixed), "moving": str(args.moving), **result.report.to_dict()}
     result_box.update(result=result, report=report)
     if fixed_landmarks is not None and args.mapped_landmarks:
         from metareg.core.geometry import map_points
@@ -447,23 +261,10 @@ def run_register(args: argparse.Namespace) -> int:
         result_box["mapped"] = Landmarks(fixed_landmarks.labels, mapped)
     outputs.write()
     if events is not None:
-        events.emit("result", report=_json_safe(report))
+        events.emit("result", report=json_safe(report))
     elif not args.quiet:
-        print(_one_line(report))
+        print(result.report.summary_line())
     return 0
-
-
-def _one_line(report: dict) -> str:
-    parts = [f"NCC {report['ncc_before']:.3f} → {report['ncc_after']:.3f}" if report["ncc_before"] is not None
-             else "NCC: the images share no region"]
-    if report.get("tre_before"):
-        parts.append(f"TRE {report['tre_before']['mean']:.2f} → {report['tre_after']['mean']:.2f} mm")
-    if report.get("labels") and report["labels"]["mean_dice_after"] is not None:
-        labels = report["labels"]
-        parts.append(f"Dice {labels['mean_dice_before']:.3f} → {labels['mean_dice_after']:.3f}")
-    parts.append(f"folding {100 * report['folding_fraction']:.3f} %")
-    parts.append(f"{report['seconds']['total']:.1f} s on {report['device']}")
-    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -490,7 +291,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                          if row.pair is not None for column in PAIR_COLUMNS)])
     box: dict = {}
     outputs.add("--out-csv", args.out_csv, lambda p: _write_csv(box["rows"], p))
-    outputs.add("--summary", args.summary, lambda p: _write_json(box["summary"], p, "--summary"))
+    outputs.add("--summary", args.summary, lambda p: write_json(box["summary"], p, "--summary"))
     outputs.check()
     rows = []
     from metareg.core.progress import progress_bar
@@ -525,23 +326,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
             rows.append(row)
             continue
         report = result.report
-        row.update(status="ok", ncc_before=report["ncc_before"], ncc_after=report["ncc_after"],
-                   folding_fraction=report["folding_fraction"], std_log_jacobian=report["std_log_jacobian"],
-                   seconds=report["seconds"]["total"])
-        if report.get("tre_before"):
-            row.update(tre_before_mean_mm=report["tre_before"]["mean"], tre_after_mean_mm=report["tre_after"]["mean"],
-                       tre_after_median_mm=report["tre_after"]["median"], tre_after_p90_mm=report["tre_after"]["p90"],
-                       tre_after_max_mm=report["tre_after"]["max"], n_landmarks=report["tre_after"]["n"])
-        if report.get("labels"):
-            row.update(mean_dice_before=report["labels"]["mean_dice_before"],
-                       mean_dice_after=report["labels"]["mean_dice_after"])
+        row.update(status="ok", ncc_before=report.ncc_before, ncc_after=report.ncc_after,
+                   folding_fraction=report.folding_fraction, std_log_jacobian=report.std_log_jacobian,
+                   seconds=report.seconds["total"])
+        if report.tre_before and report.tre_after:
+            row.update(tre_before_mean_mm=report.tre_before["mean"], tre_after_mean_mm=report.tre_after["mean"],
+                       tre_after_median_mm=report.tre_after["median"], tre_after_p90_mm=report.tre_after["p90"],
+                       tre_after_max_mm=report.tre_after["max"], n_landmarks=report.tre_after["n"])
+        if report.labels:
+            row.update(mean_dice_before=report.labels["mean_dice_before"],
+                       mean_dice_after=report.labels["mean_dice_after"])
         rows.append(row)
     box["rows"] = rows
     box["summary"] = summarise(rows)
     outputs.write()
     failed = [row for row in rows if row["status"] != "ok"]
     if not args.quiet:
-        print(json.dumps(_json_safe(box["summary"]), indent=2))
+        print(json.dumps(json_safe(box["summary"]), indent=2))
     for row in failed:
         print(f"metareg evaluate: pair {row['pair']} (line {row['line']}) failed: {row['error']}", file=sys.stderr)
     return 1 if failed else 0
@@ -740,7 +541,7 @@ def main(argv: Sequence[str] | None = None, events=None) -> int:
             print(f"metareg {args.command}: error: {error}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as error:  # torch's and ITK's allocation failures; other errors are bugs
-        from metareg.core.imageio import MEMORY_HINT, is_out_of_memory, _sitk_message
+        from metareg.core.imageio import MEMORY_HINT, _sitk_message, is_out_of_memory
 
         if not is_out_of_memory(error):
             raise

@@ -12,15 +12,15 @@ import argparse
 import sys
 from pathlib import Path
 
-
-from metareg.app.cli import Outputs, ProgressBar, _one_line, _write_json, _write_transform
+from metareg.app.visualize import checkerboard, render_report_png
 from metareg.core.imageio import atomic_output, read_image, write_image
 from metareg.core.landmarks import read_landmarks
 from metareg.core.modelio import load_model
+from metareg.core.outputs import Outputs, write_json, write_transform
+from metareg.core.progress import ProgressBar
 from metareg.core.registration import register
-from metareg.app.visualize import checkerboard, render_report_png
 
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
+SAMPLE_DIR = Path(__file__).resolve().parents[3] / "Resources" / "SampleData"  # the repository's top: metareg/app/demo.py
 PAIRS = {
     "brain3d": {
         "fixed": "brain3d_fixed_T1.nii.gz",
@@ -44,21 +44,10 @@ DEFAULT_MODELS = {"brain3d": "brain-mr-3d-reptile", "brain2d": "multidomain-2d-r
 DEFAULT_ADAPT_STEPS = {"brain3d": 0, "brain2d": 10}
 
 
-def method_note(model, adapt_steps: int, refine_steps: int = 0) -> str:
-    """One sentence on what registered the pair."""
-    if model is None:
-        return ("Method: the built-in iterative method (multi-resolution optimisation of the displacement field, "
-                "local NCC + smoothness); no network.")
-    prealign = "affine pre-alignment, then " if model.card.affine else ""
-    adapt = f", adapted to this pair for {adapt_steps} steps" if adapt_steps else ""
-    refine = f", then {refine_steps} refinement steps on its field" if refine_steps else ""
-    return f"Method: {prealign}the zoo network {model.name}{adapt}{refine}."
-
-
-def _write_report_png(path: Path, fixed, moving, result, report: dict, pair: str) -> None:
+def _write_report_png(path: Path, fixed, moving, result, pair: str) -> None:
     with atomic_output(path, "report PNG") as temporary:
-        render_report_png(temporary, fixed, moving, result.warped, result.jacobian, report,
-                          title=f"MetaRegistration demo: {pair}", note=report["note"])
+        render_report_png(temporary, fixed, moving, result.warped, result.jacobian, result.report,
+                          title=f"MetaRegistration demo: {pair}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         if model is not None else 0
     refine_steps = (model.card.refinement.steps if args.refine_steps is None else args.refine_steps) \
         if model is not None else 0
-    note = method_note(model, adapt_steps, refine_steps)
 
     pair = PAIRS[args.pair]
     out = Path(args.output)
@@ -95,29 +83,27 @@ def main(argv: list[str] | None = None) -> int:
             "moving_landmarks": read_landmarks(SAMPLE_DIR / pair["moving_landmarks"]),
         }
     print(f"Sample pair {args.pair}: {pair['about']}")
-    print(note)
     bar = ProgressBar(enabled=True)
     try:
         result = register(fixed, moving, model=model, adapt_steps=adapt_steps, refine_steps=refine_steps,
                           device=args.device, progress=bar, **landmarks)
     finally:
         bar.close()
-    report = {"pair": args.pair, "fixed": pair["fixed"], "moving": pair["moving"], "note": note,
-              "model": model.name if model is not None else ITERATIVE,
-              "adapt_steps": adapt_steps,
-              **result.report}
+    report = {"pair": args.pair, "fixed": pair["fixed"], "moving": pair["moving"],
+              "note": result.report.method_description(), **result.report.to_dict()}
 
     outputs = Outputs()
     outputs.add("warped", out / "warped.nii.gz", lambda p: write_image(result.warped, p, "warped"))
     outputs.add("field", out / "field.nii.gz", lambda p: write_image(result.field, p, "field"))
-    outputs.add("transform", out / "transform.h5", lambda p: _write_transform(result.field, p, "transform"))
+    outputs.add("transform", out / "transform.h5", lambda p: write_transform(result.field, p, "transform"))
     outputs.add("checkerboard", out / "checkerboard.nii.gz",
                 lambda p: write_image(checkerboard(fixed, result.warped), p, "checkerboard"))
     outputs.add("jacobian", out / "jacobian.nii.gz", lambda p: write_image(result.jacobian, p, "jacobian"))
-    outputs.add("report", out / "report.json", lambda p: _write_json(report, p, "report"))
-    outputs.add("report PNG", out / "report.png", lambda p: _write_report_png(p, fixed, moving, result, report, args.pair))
+    outputs.add("report", out / "report.json", lambda p: write_json(report, p, "report"))
+    outputs.add("report PNG", out / "report.png", lambda p: _write_report_png(p, fixed, moving, result, args.pair))
     outputs.write()
-    print(_one_line(report))
+    print(result.report.method_description())
+    print(result.report.summary_line())
     print(f"Wrote {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))} to {out}/")
     return 0
 

@@ -11,11 +11,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from metareg.learning.augment import AugmentConfig
+from metareg.core.card import PREALIGN_CHOICES
 from metareg.core.errors import InputError
 from metareg.core.losses import REGULARISERS, SIMILARITIES, LossConfig
 from metareg.core.networks import FAMILIES
-from metareg.core.card import PREALIGN_CHOICES
+from metareg.learning.augment import AugmentConfig
 from metareg.learning.tasks import Task, default_data_dir, load_task
 
 TRAIN_EXAMPLES = """\

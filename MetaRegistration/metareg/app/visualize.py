@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from metareg.core.errors import MetaRegError
 from metareg.core.geometry import Grid, resample_onto
 from metareg.core.preprocess import intensity_window
+from metareg.core.report import RegistrationReport
 
 
 def _unit_window(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
@@ -48,50 +49,18 @@ def _middle_slice(image: sitk.Image) -> np.ndarray:
     return plane
 
 
-def _summary_lines(report: dict) -> list[str]:
-    lines = []
-    method = report.get("method", "?")
-    if method == "network":
-        lines.append(f"Method: network {report.get('model')} + {report.get('adapt_steps', 0)} adaptation steps"
-                     f" + {report.get('refine_steps', 0)} refinement steps")
-    else:
-        lines.append("Method: iterative optimisation of the field (no network)")
-    if report.get("affine"):
-        lines.append("Affine pre-alignment: yes")
-    lines.append(f"Device: {report.get('device', '?')}")
-    if report["ncc_before"] is not None:
-        lines.append(f"NCC before → after: {report['ncc_before']:.3f} → {report['ncc_after']:.3f}")
-    if report.get("tre_before"):
-        before, after = report["tre_before"], report["tre_after"]
-        lines.append(
-            f"TRE (mm, {before['n']} landmarks) mean before → after: {before['mean']:.2f} → {after['mean']:.2f}"
-        )
-        lines.append(f"TRE after: median {after['median']:.2f}, p90 {after['p90']:.2f}, max {after['max']:.2f}")
-    if report.get("labels") and report["labels"]["mean_dice_after"] is not None:
-        labels = report["labels"]
-        lines.append(f"Mean Dice before → after: {labels['mean_dice_before']:.3f} → {labels['mean_dice_after']:.3f}")
-    lines.append(
-        f"Folding (|J| ≤ 0): {100 * report['folding_fraction']:.3f} %   std log|J|: {report['std_log_jacobian']:.3f}"
-    )
-    seconds = report.get("seconds", {})
-    parts = [f"{k} {v:.1f}" for k, v in seconds.items() if k != "total" and v >= 0.05]
-    lines.append(f"Seconds: total {seconds.get('total', float('nan')):.1f}")
-    for start in range(0, len(parts), 4):  # four stages a line, so the panel does not run off the figure
-        lines.append("  " + ", ".join(parts[start:start + 4]))
-    return lines
-
-
 def render_report_png(
     path: str | Path,
     fixed: sitk.Image,
     moving: sitk.Image,
     warped: sitk.Image,
     jacobian: sitk.Image,
-    report: dict,
+    report: RegistrationReport,
     title: str = "MetaRegistration",
     note: str = "",
 ) -> None:
-    """Write a one-page PNG: fixed, moving, warped, checkerboard, difference and Jacobian panels, and the numbers.
+    """Write a one-page PNG: fixed, moving, warped, checkerboard, difference and Jacobian panels, and the report's
+    text (:meth:`RegistrationReport.summary_lines`), with ``note`` below it.
 
     3D images are shown at the middle slice of the fixed grid (last index axis). The moving image is shown resampled
     onto the fixed grid without any transform (what "before" means in the numbers).
@@ -144,7 +113,8 @@ def render_report_png(
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     ax = axes.flat[7]
     ax.axis("off")
-    text = "\n".join(_summary_lines(report))
+    method, *measures = report.summary_lines()
+    text = "\n".join(textwrap.wrap(method, 52) + measures)
     if note:
         text += "\n\n" + "\n".join(textwrap.wrap(note, 52))
     ax.text(0.0, 1.0, text, va="top", ha="left", fontsize=9.5, family="monospace", transform=ax.transAxes)

@@ -38,8 +38,9 @@ ORPHANED_EXIT_STATUS = 3
 
 
 def engine_identity() -> dict:
-    """The version and folder of the ``metareg`` package this process runs (a GUI checks it is its own engine)."""
-    return {"version": __version__, "path": str(Path(__file__).resolve().parent), "python": sys.version.split()[0],
+    """The version and folder of the ``metareg`` package this process runs (a GUI checks it is its own engine; this
+    file is ``metareg/app/worker.py``)."""
+    return {"version": __version__, "path": str(Path(__file__).resolve().parents[1]), "python": sys.version.split()[0],
             "executable": sys.executable}
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metareg.core.checks import check_int, check_float
+from metareg.core.checks import check_float, check_int
 from metareg.core.errors import Cancelled, ParameterError
 from metareg.core.geometry import integrate_velocity, resize_displacement, warp_tensor
 from metareg.core.losses import LossConfig, registration_loss

@@ -39,7 +39,7 @@ def default_zoo_dir() -> Path:
     env = os.environ.get("METAREG_MODEL_DIR")
     if env:
         return Path(env)
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # the metareg package (this file is metareg/core/modelio.py)
     beside = package.parent / "models"
     return beside if beside.is_dir() else package.parents[1] / "models"
 

@@ -15,7 +15,12 @@ import SimpleITK as sitk
 import torch
 
 from metareg.core.card import GridSpec, Normalisation
-from metareg.core.geometry import Grid, image_to_tensor, model_grid_on_fixed, resample_onto
+from metareg.core.geometry import (
+    Grid,
+    image_to_tensor,
+    model_grid_on_fixed,
+    resample_onto,
+)
 
 _MAX_SAMPLES = 1_000_000
 _EQUALISATION_BINS = 256

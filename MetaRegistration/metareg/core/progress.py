@@ -103,3 +103,27 @@ def progress_bar(iterable: Iterable | None = None, *, total: float | None = None
                              interval=max(mininterval, PLAIN_INTERVAL))
     return tqdm(iterable, total=total, initial=initial, desc=desc, disable=disable, leave=leave, file=sys.stderr,
                 mininterval=mininterval, **tqdm_options)
+
+
+class ProgressBar:
+    """A progress bar fed with (fraction, message) callbacks; silent when ``enabled`` is False.
+
+    tqdm's where it is installed, else a plain line on stderr now and then (:func:`progress_bar`).
+    """
+
+    def __init__(self, enabled: bool, description: str = "registering"):
+        self.bar = None
+        if enabled:
+            interactive = sys.stderr is not None and sys.stderr.isatty()
+            self.bar = progress_bar(total=1000, desc=description, leave=False,
+                                    mininterval=0.1 if interactive else 10.0,
+                                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(message, refresh=False)
+            self.bar.update(int(1000 * fraction) - self.bar.n)  # redraws at most every mininterval
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -23,11 +23,15 @@ import SimpleITK as sitk
 import torch
 
 from metareg.core import memory, metrics
-from metareg.core.device import describe_device, resolve_device
 from metareg.core.card import MAX_REFINE_STEPS
 from metareg.core.checks import check_float, check_int
-from metareg.core.errors import Cancelled, InputError, ParameterError, RegistrationWarning
-from metareg.core.imageio import check_image
+from metareg.core.device import describe_device, resolve_device
+from metareg.core.errors import (
+    Cancelled,
+    InputError,
+    ParameterError,
+    RegistrationWarning,
+)
 from metareg.core.geometry import (
     Grid,
     field_to_transform,
@@ -39,12 +43,14 @@ from metareg.core.geometry import (
     warp_image,
     warp_tensor,
 )
+from metareg.core.imageio import check_image
 from metareg.core.iterative import IterativeConfig, register_iterative
 from metareg.core.landmarks import Landmarks, match_landmarks
 from metareg.core.losses import LossConfig, registration_loss
 from metareg.core.modelio import LoadedModel
 from metareg.core.prealign import affine_prealign
 from metareg.core.preprocess import prepare_pair
+from metareg.core.report import RegistrationReport
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -73,7 +79,7 @@ class RegistrationResult:
         field: displacement field, ``sitkVectorFloat64`` on the fixed image's grid, LPS mm, fixed x ↦ moving x + d(x).
         warped: the original moving image resampled through ``field`` onto the fixed grid (float32).
         jacobian: determinant of the Jacobian of ``x ↦ x + d(x)`` on the fixed grid.
-        report: JSON-able summary (metrics, TRE, timings, settings).
+        report: what ran and what it measured (metrics, TRE, timings, settings); ``report.to_json()`` writes it.
         loss_curve: loss per optimisation step: the iterative method's, or test-time adaptation's followed by
             refinement's (on their own grids); empty for a network alone.
         prealign: the affine pre-alignment (fixed → moving points) when one was run; already inside ``field``.
@@ -83,7 +89,7 @@ class RegistrationResult:
     field: sitk.Image
     warped: sitk.Image
     jacobian: sitk.Image
-    report: dict
+    report: RegistrationReport
     loss_curve: list[float] = field(default_factory=list)
     prealign: sitk.Transform | None = None
     warped_labels: sitk.Image | None = None
@@ -328,39 +334,38 @@ def register(
         moving_on_fixed = resample_onto(moving, Grid.from_image(fixed))
         overlap = overlap_mask(moving, displacement)
         jacobian = metrics.jacobian_determinant(displacement)
-        report_dict = {
-            "method": "network" if model is not None else "iterative",
-            "model": model.name if model is not None else None,
-            "adapt_steps": int(adapt_steps),
-            "refine_steps": int(refine_steps),
-            "affine": bool(affine),
-            "device": describe_device(torch_device),
-            "dimension": dim,
-            "fixed_grid": _grid_dict(Grid.from_image(fixed)),
-            "model_grid": _grid_dict(grid),
-            "refine_grid": _grid_dict(field_grid) if refine_steps else None,
+        report = RegistrationReport(
+            method="network" if model is not None else "iterative",
+            model=model.name if model is not None else None,
+            adapt_steps=int(adapt_steps),
+            refine_steps=int(refine_steps),
+            affine=bool(affine),
+            device=describe_device(torch_device),
+            dimension=dim,
+            fixed_grid=_grid_dict(Grid.from_image(fixed)),
+            model_grid=_grid_dict(grid),
+            refine_grid=_grid_dict(field_grid) if refine_steps else None,
             # on the region both mappings see inside the moving image; None when there is none (images apart)
-            "ncc_before": metrics.ncc(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(moving_on_fixed),
-                                      overlap) if overlap.any() else None,
-            "ncc_after": metrics.ncc(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(warped), overlap)
+            ncc_before=metrics.ncc(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(moving_on_fixed),
+                                   overlap) if overlap.any() else None,
+            ncc_after=metrics.ncc(sitk.GetArrayViewFromImage(fixed), sitk.GetArrayViewFromImage(warped), overlap)
             if overlap.any() else None,
-            "ncc_region_fraction": float(overlap.mean()),
-            "warnings": doubts,
-            "memory": memory_plan.to_dict(),
+            ncc_region_fraction=float(overlap.mean()),
+            warnings=doubts,
+            memory=memory_plan.to_dict(),
+            iterative=(iterative_config or IterativeConfig()).to_dict() if model is None else None,
             **metrics.field_summary(displacement, jacobian=jacobian),
-        }
-        if model is None:
-            report_dict["iterative"] = (iterative_config or IterativeConfig()).to_dict()
+        )
         if matched is not None:
-            report_dict.update(landmark_report(displacement, *matched, dim=dim))
+            report.tre_before, report.tre_after, report.landmarks = landmark_report(displacement, *matched, dim=dim)
         warped_labels = None
         if fixed_labels is not None:
             warped_labels = warp_image(moving_labels, displacement, sitk.sitkNearestNeighbor)
-            report_dict["labels"] = label_report(fixed_labels, moving_labels, warped_labels)
+            report.labels = label_report(fixed_labels, moving_labels, warped_labels)
     stages.seconds["total"] = round(time.perf_counter() - started, 4)
-    report_dict["seconds"] = stages.seconds
-    report_dict["loss_curve"] = loss_curve
-    return RegistrationResult(displacement, warped, jacobian, report_dict, loss_curve, prealign, warped_labels)
+    report.seconds = stages.seconds
+    report.loss_curve = loss_curve
+    return RegistrationResult(displacement, warped, jacobian, report, loss_curve, prealign, warped_labels)
 
 
 def _check_arguments(fixed, moving, model, adapt_steps, adapt_learning_rate, refine_steps, affine, iterative_config,
@@ -481,20 +486,17 @@ def overlap_mask(moving: sitk.Image, displacement: sitk.Image) -> np.ndarray:
 
 def landmark_report(
     displacement: sitk.Image, labels: list[str], fixed_points: np.ndarray, moving_points: np.ndarray, dim: int
-) -> dict:
-    """TRE before (identity) and after (fixed landmark mapped through the field) in mm, per landmark and summarised."""
+) -> tuple[dict, dict, list[dict]]:
+    """TRE (mm) before (identity) and after (fixed landmark mapped through the field): the summaries before and
+    after (:func:`metareg.core.metrics.tre_summary`) and the rows per landmark, as :class:`RegistrationReport` holds
+    them."""
     p = fixed_points[:, :dim]
     q = moving_points[:, :dim]
     before = metrics.landmark_distances_mm(p, q)
     after = metrics.landmark_distances_mm(map_points(displacement, p), q)
-    return {
-        "tre_before": metrics.tre_summary(before),
-        "tre_after": metrics.tre_summary(after),
-        "landmarks": [
-            {"label": label, "tre_before_mm": float(b), "tre_after_mm": float(a)}
-            for label, b, a in zip(labels, before, after)
-        ],
-    }
+    rows = [{"label": label, "tre_before_mm": float(b), "tre_after_mm": float(a)}
+            for label, b, a in zip(labels, before, after)]
+    return metrics.tre_summary(before), metrics.tre_summary(after), rows
 
 
 def label_report(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_labels: sitk.Image) -> dict:
