@@ -23,7 +23,7 @@ import torch
 
 from metareg.app.cli import main
 from metareg.core.modelio import save_model
-from metareg.core.networks import build_network
+from metareg.core.networks import RegistrationNetwork
 
 SIZE_3D, SPACING_3D = (24, 20, 16), (1.2, 0.9, 2.0)
 SIZE_2D, SPACING_2D = (32, 28), (0.8, 1.1)
@@ -75,7 +75,7 @@ def inputs(tmp_path_factory) -> Path:
     (folder / "model").mkdir()
     torch.manual_seed(0)
     card = {"grid": {"size": None, "spacing": None}}
-    save_model(build_network(TINY_UNET), folder / "model" / "tiny.safetensors", card)
+    save_model(RegistrationNetwork.from_config(TINY_UNET), folder / "model" / "tiny.safetensors", card)
     return folder
 
 

@@ -22,7 +22,7 @@ from metareg.core.errors import InputError
 from metareg.core.geometry import warp_tensor
 from metareg.core.losses import LossConfig, registration_loss
 from metareg.core.modelio import load_model
-from metareg.core.networks import build_network
+from metareg.core.networks import RegistrationNetwork
 from metareg.learning.tasks import TaskData, adjacent_slice_pairs, load_task
 from metareg.core.card import GridSpec, ModelCard, Normalisation
 from metareg.learning.distributed import Processes
@@ -67,7 +67,7 @@ def datas(task_root: Path, *names: str) -> list[TaskData]:
 
 def fresh_network(seed: int = 0):
     torch.manual_seed(seed)
-    return build_network(TINY)
+    return RegistrationNetwork.from_config(TINY)
 
 
 def test_task_layout_and_tensors(task_root):
@@ -90,7 +90,7 @@ def evaluation_loss(network, task_datas, samples: int = 12) -> float:
             g = generator(1234, i)
             data = task_datas[i % len(task_datas)]
             fixed, moving = draw_sample(data, int(torch.randint(len(data), (1,), generator=g)), MISALIGN, g)
-            disp = network(moving, fixed)
+            disp = network(fixed=fixed, moving=moving)
             total += float(registration_loss(SPEC.loss, fixed, warp_tensor(moving, disp), disp)[0])
     network.train()
     return total / samples
@@ -373,3 +373,18 @@ def test_finetune_reports_progress_and_can_be_cancelled(task_root, tmp_path):
     assert fractions == pytest.approx([1 / 6, 2 / 6, 3 / 6])
     assert not (tmp_path / "c.safetensors").exists()
     assert torch.load(tmp_path / "c.ckpt" / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_meta_training_reports_progress_and_can_be_cancelled(task_root, tmp_path):
+    """Reptile runs in the same loop skeleton as pretraining: progress after each meta-step, cancel between them."""
+    from metareg.core.errors import Cancelled
+
+    fractions = []
+    config = ReptileConfig(level="task", steps=5, tasks_per_step=2, inner_steps=1, checkpoint_every=2)
+    with pytest.raises(Cancelled, match="cancelled at step 3"):
+        reptile_loop(fresh_network(), SPEC, datas(task_root, "brain-t1", "brain-t2"), config,
+                     RunFiles(tmp_path / "m.safetensors"), Processes(), progress=lambda f, m: fractions.append(f),
+                     should_stop=lambda: len(fractions) >= 3)
+    assert fractions == pytest.approx([1 / 5, 2 / 5, 3 / 5])
+    assert not (tmp_path / "m.safetensors").exists()
+    assert torch.load(tmp_path / "m.ckpt" / "last.pt", weights_only=True)["step"] == 2

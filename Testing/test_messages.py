@@ -12,8 +12,8 @@ from metareg.app.cli import main
 from metareg.core.errors import RegistrationWarning
 from metareg.core.landmarks import Landmarks
 from metareg.core.modelio import load_model, save_model
-from metareg.core.networks import build_network
-from metareg.core.registration import register
+from metareg.core.networks import RegistrationNetwork
+from metareg.core.registration import NetworkMethod, register
 from test_cli_errors import blobs, write
 
 SIZE, SPACING = (24, 20, 16), (1.2, 0.9, 2.0)
@@ -44,7 +44,7 @@ def test_overlapping_inputs_get_no_warning():
     fixed, moving = _pair()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RegistrationWarning)
-        assert register(fixed, moving, device="cpu", iterative_config=None).report.warnings == []
+        assert register(fixed, moving, device="cpu").report.warnings == []
 
 
 def test_landmarks_outside_their_image_are_warned_about():
@@ -64,12 +64,12 @@ def test_landmarks_outside_their_image_are_warned_about():
 def test_the_progress_bar_follows_a_long_test_time_adaptation(tmp_path):
     """With 40 adaptation steps the adaptation is most of the work: it gets most of the bar, in equal steps, and
     its share of the bar is near its share of the measured seconds (so the ETA holds)."""
-    network = build_network({"family": "unet", "dim": 3, "encoder_channels": [4, 4], "decoder_channels": [4, 4, 4]})
+    network = RegistrationNetwork.from_config({"family": "unet", "dim": 3, "encoder_channels": [4, 4], "decoder_channels": [4, 4, 4]})
     save_model(network, tmp_path / "tiny.safetensors", {"grid": {"size": [24, 20, 16], "spacing": None}})
     model = load_model(tmp_path / "tiny.safetensors")
     fixed, moving = _pair()
     seen: list[tuple[float, str]] = []
-    result = register(fixed, moving, model=model, adapt_steps=40, refine_steps=0, device="cpu",
+    result = register(fixed, moving, method=NetworkMethod(model, adapt_steps=40, refine_steps=0), device="cpu",
                       progress=lambda fraction, message: seen.append((fraction, message)))
     steps = {message: fraction for fraction, message in seen if message.startswith("test-time adaptation ")}
     first, middle, last = steps["test-time adaptation 1/40"], steps["test-time adaptation 20/40"], \

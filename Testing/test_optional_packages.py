@@ -89,11 +89,11 @@ def tiny_parent(tmp_path):
     import torch
 
     from metareg.core.modelio import save_model
-    from metareg.core.networks import build_network
+    from metareg.core.networks import RegistrationNetwork
 
     torch.manual_seed(0)
     path = tmp_path / "parent.safetensors"
-    save_model(build_network(TINY_2D), path, {"purpose": "test parent", "grid": {"size": [32, 32], "spacing": None}})
+    save_model(RegistrationNetwork.from_config(TINY_2D), path, {"purpose": "test parent", "grid": {"size": [32, 32], "spacing": None}})
     return path
 
 

@@ -37,7 +37,7 @@ import torch
 from metareg.app.cli import main
 from metareg.core.imageio import output_files, write_image
 from metareg.core.modelio import load_model, save_model, sha256_of
-from metareg.core.networks import build_network
+from metareg.core.networks import RegistrationNetwork
 
 SIZE, SPACING = (20, 18, 16), (1.2, 0.9, 2.0)
 FAST = ["--iterations", "2,2"]
@@ -77,7 +77,7 @@ def d(tmp_path, monkeypatch) -> Path:
         rows = "".join(f"{label},{x + shift},{y},{z}\n" for label, (x, y, z) in zip("ABC", points))
         (folder / name).write_text("label,x,y,z\n" + rows)
     torch.manual_seed(0)
-    save_model(build_network(TINY_UNET), folder / "tiny.safetensors", {"grid": {"size": [16, 16, 16]}})
+    save_model(RegistrationNetwork.from_config(TINY_UNET), folder / "tiny.safetensors", {"grid": {"size": [16, 16, 16]}})
     with open(folder / "pairs.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([["fixed", "moving"], ["fixed.nii.gz", "moving.nii.gz"]])
     (folder / "task").mkdir()

@@ -27,8 +27,8 @@ from metareg.core.errors import InputError, ModelError, ParameterError
 from metareg.core.iterative import IterativeConfig
 from metareg.core.losses import LossConfig
 from metareg.core.modelio import load_model, save_model
-from metareg.core.networks import build_network
-from metareg.core.registration import register
+from metareg.core.networks import RegistrationNetwork
+from metareg.core.registration import NetworkMethod, register
 from metareg.learning.runlog import CHECKPOINT_NAME, RunFiles, save_checkpoint
 from metareg.learning.distributed import Processes
 from metareg.learning.config import TrainConfig
@@ -85,10 +85,7 @@ def test_register_names_its_parameters():
         (dict(moving=vector), "^moving: has 3 values per voxel"),
         (dict(fixed=tiny), r"^fixed: has size \(2, 2, 2\), too small to register \(every axis needs at least 8"),
         (dict(moving=np.zeros((8, 8, 8))), "^moving: must be a SimpleITK image, got ndarray"),
-        (dict(adapt_steps=2), "^adapt_steps: test-time adaptation needs a network"),
-        (dict(adapt_steps=True), "^adapt_steps: must be a whole number, got True"),
-        (dict(refine_steps=2.5), "^refine_steps: must be a whole number, got 2.5"),
-        (dict(model="brain-mr-3d-reptile"), "^model: must be a loaded model"),
+        (dict(method="brain-mr-3d-reptile"), "^method: must be a NetworkMethod or an IterativeConfig, got str"),
         (dict(affine="yes"), "^affine: must be True, False or None"),
         (dict(fixed_landmarks=[[0, 0, 0]]), "^fixed_landmarks: must be Landmarks"),
     ]
@@ -96,6 +93,28 @@ def test_register_names_its_parameters():
         arguments = {"fixed": fixed, "moving": moving, **changes}
         with pytest.raises(InputError, match=expected):
             register(arguments.pop("fixed"), arguments.pop("moving"), device="cpu", **arguments)
+
+
+def test_a_network_method_names_its_parameters(inputs):
+    model = load_model(inputs / "model" / "tiny.safetensors")
+    cases = [
+        (dict(model="brain-mr-3d-reptile"), "^model: must be a loaded model"),
+        (dict(adapt_steps=True), "^adapt_steps: must be a whole number, got True"),
+        (dict(adapt_steps=-1), "^adapt_steps: must be >= 0, got -1"),
+        (dict(refine_steps=2.5), "^refine_steps: must be a whole number, got 2.5"),
+        (dict(adapt_learning_rate=1e-3), "^adapt_learning_rate: is the step size of test-time adaptation, which is off"),
+        (dict(adapt_steps=1, adapt_learning_rate=0.0), "^adapt_learning_rate: must be > 0, got 0"),
+    ]
+    for changes, expected in cases:
+        with pytest.raises(ParameterError, match=expected):
+            NetworkMethod(**{"model": model, **changes})
+    method = NetworkMethod(model, adapt_steps=3)
+    assert method.learning_rate == model.card.adaptation.learning_rate  # the card's, when none is given
+    assert method.refinement_steps == model.card.refinement.steps
+    assert NetworkMethod(model, adapt_steps=3, adapt_learning_rate=0.01, refine_steps=0).learning_rate == 0.01
+    fixed = blobs((24, 20, 16), (1.2, 0.9, 2.0))
+    with pytest.raises(ParameterError, match=r"^method: .*got LoadedModel \(wrap a loaded model as NetworkMethod"):
+        register(fixed, fixed, model, device="cpu")
 
 
 @pytest.mark.parametrize(
@@ -224,7 +243,7 @@ def _card(parent_sha: str | None = None) -> ModelCard:
 def test_resume_without_a_checkpoint_is_refused(task_data, tmp_path):
     files = RunFiles(tmp_path / "run.safetensors")
     with pytest.raises(InputError, match=r"^--resume .*last.pt: there is no checkpoint to resume"):
-        train_loop(build_network(TINY_2D), _card(), task_data, TrainConfig(steps=2, batch_size=1), files,
+        train_loop(RegistrationNetwork.from_config(TINY_2D), _card(), task_data, TrainConfig(steps=2, batch_size=1), files,
                    Processes(), resume=True)
     assert not files.checkpoint_dir.exists() and not files.log.exists()
 
@@ -232,10 +251,10 @@ def test_resume_without_a_checkpoint_is_refused(task_data, tmp_path):
 def test_resume_from_another_parent_is_refused(task_data, tmp_path):
     files = RunFiles(tmp_path / "run.safetensors")
     config = TrainConfig(steps=4, batch_size=1, checkpoint_every=1)
-    train_loop(build_network(TINY_2D), _card("a" * 64), task_data, config, files, Processes(), stop_after=2)
+    train_loop(RegistrationNetwork.from_config(TINY_2D), _card("a" * 64), task_data, config, files, Processes(), stop_after=2)
     with pytest.raises(InputError, match="continues a run from another parent model"):
-        train_loop(build_network(TINY_2D), _card("b" * 64), task_data, config, files, Processes(), resume=True)
-    assert len(train_loop(build_network(TINY_2D), _card("a" * 64), task_data, config, files, Processes(),
+        train_loop(RegistrationNetwork.from_config(TINY_2D), _card("b" * 64), task_data, config, files, Processes(), resume=True)
+    assert len(train_loop(RegistrationNetwork.from_config(TINY_2D), _card("a" * 64), task_data, config, files, Processes(),
                           resume=True)) == 4
 
 
@@ -249,7 +268,7 @@ def test_a_damaged_or_foreign_checkpoint_is_refused(content, task_data, tmp_path
         files.checkpoint.write_bytes(content)
     before = files.checkpoint.read_bytes()
     with pytest.raises(InputError, match="is not a readable training checkpoint"):
-        train_loop(build_network(TINY_2D), _card(), task_data, TrainConfig(steps=2, batch_size=1), files,
+        train_loop(RegistrationNetwork.from_config(TINY_2D), _card(), task_data, TrainConfig(steps=2, batch_size=1), files,
                    Processes(), resume=True)
     assert files.checkpoint.read_bytes() == before  # left for the user to look at
 
@@ -333,5 +352,5 @@ def test_a_card_saved_from_a_dict_is_checked(tmp_path):
     folder = tmp_path / "models"
     folder.mkdir()
     with pytest.raises(ModelError, match="refinement.steps: must be >= 0, got -1"):
-        save_model(build_network(TINY_UNET), folder / "m.safetensors", {"refinement": {"steps": -1}})
+        save_model(RegistrationNetwork.from_config(TINY_UNET), folder / "m.safetensors", {"refinement": {"steps": -1}})
     assert list(folder.iterdir()) == []

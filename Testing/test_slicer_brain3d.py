@@ -430,9 +430,9 @@ def test_a_network_model_file_with_adaptation_steps_runs_through_the_logic(brain
     """A tiny (untrained) 3D network from a .safetensors file, adapted for 3 steps: the Logic loads it by path, the
     outputs come out on the fixed grid, and the loss curve is the adaptation's."""
     from metareg.core.modelio import save_model
-    from metareg.core.networks import build_network
+    from metareg.core.networks import RegistrationNetwork
 
-    network = build_network({"family": "unet", "dim": 3, "encoder_channels": [4, 4], "decoder_channels": [4, 4, 4]})
+    network = RegistrationNetwork.from_config({"family": "unet", "dim": 3, "encoder_channels": [4, 4], "decoder_channels": [4, 4, 4]})
     card = {"purpose": "test", "grid": {"size": [32, 32, 32], "spacing": None}, "loss": {"similarity": "lncc"},
             "normalisation": {"method": "percentile", "low": 1.0, "high": 99.0}}
     save_model(network, tmp_path / "tiny3d.safetensors", card)

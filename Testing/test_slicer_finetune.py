@@ -21,13 +21,13 @@ TINY = {"family": "unet", "dim": 3, "encoder_channels": [4, 8], "decoder_channel
 @pytest.fixture(scope="module")
 def parent_model(tmp_path_factory):
     from metareg.core.modelio import save_model
-    from metareg.core.networks import build_network
+    from metareg.core.networks import RegistrationNetwork
 
     import torch
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("zoo") / "tiny3d.safetensors"
-    save_model(build_network(TINY), path, {"purpose": "test parent", "grid": {"size": [32, 40, 32], "spacing": None}})
+    save_model(RegistrationNetwork.from_config(TINY), path, {"purpose": "test parent", "grid": {"size": [32, 40, 32], "spacing": None}})
     return path
 
 

@@ -23,13 +23,13 @@ def test_self_test_uses_the_smallest_3d_zoo_model_when_there_is_one(tmp_path):
     import json
 
     from metareg.core.modelio import save_model
-    from metareg.core.networks import build_network
+    from metareg.core.networks import RegistrationNetwork
 
     assert selftest.self_test_settings(tmp_path).model == logic.ITERATIVE  # no index: iterative method
     entries = []
     for name, channels in (("big-3d", [16, 16]), ("small-3d", [4, 4]), ("tiny-2d", [2, 2]), ("tiny-t2-3d", [2, 2])):
         dim = 2 if name.endswith("2d") else 3
-        network = build_network({"family": "unet", "dim": dim, "encoder_channels": channels,
+        network = RegistrationNetwork.from_config({"family": "unet", "dim": dim, "encoder_channels": channels,
                                  "decoder_channels": channels + [channels[-1]]})
         save_model(network, tmp_path / f"{name}.safetensors", {"purpose": f"{name} test model"})
         entries.append({"name": name, "file": f"{name}.safetensors", "dimension": dim, "purpose": "test",

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from conftest import REPO
 from metareg.core.landmarks import read_landmarks
 from metareg.core.modelio import load_model, read_index, sha256_of
-from metareg.core.registration import register
+from metareg.core.registration import NetworkMethod, register
 
 ZOO = REPO / "models"
 ENTRIES = read_index(ZOO)
@@ -60,7 +60,7 @@ def test_each_model_registers_its_sample_pair(entry, sample_dir):
     if entry["dimension"] == 2:
         fixed = sitk.ReadImage(str(sample_dir / "brain2d_fixed.nii.gz"))
         moving = sitk.ReadImage(str(sample_dir / "brain2d_moving.nii.gz"))
-        result = register(fixed, moving, model=model, device="cpu")
+        result = register(fixed, moving, method=NetworkMethod(model), device="cpu")
         assert result.report.ncc_after > result.report.ncc_before
     else:
         contrast = "T2" if "T2w" in entry["modality"] else "T1"
@@ -68,10 +68,10 @@ def test_each_model_registers_its_sample_pair(entry, sample_dir):
         moving = sitk.ReadImage(str(sample_dir / f"brain3d_moving_{contrast}.nii.gz"))
         landmarks = {"fixed_landmarks": read_landmarks(sample_dir / "brain3d_fixed_landmarks.mrk.json"),
                      "moving_landmarks": read_landmarks(sample_dir / "brain3d_moving_landmarks.mrk.json")}
-        network_only = register(fixed, moving, model=model, refine_steps=0, device="cpu", **landmarks)
+        network_only = register(fixed, moving, method=NetworkMethod(model, refine_steps=0), device="cpu", **landmarks)
         assert network_only.report.tre_after["mean"] < 0.5 * network_only.report.tre_before["mean"]
         assert network_only.report.folding_fraction == 0.0  # diffeomorphic network
-        result = register(fixed, moving, model=model, device="cpu", **landmarks)  # with the card's refinement
+        result = register(fixed, moving, method=NetworkMethod(model), device="cpu", **landmarks)  # with the card's refinement
         assert result.report.refine_steps > 0
         assert result.report.tre_after["mean"] < 0.8 * network_only.report.tre_after["mean"]
     assert result.report.folding_fraction < 0.001

@@ -17,6 +17,7 @@ import contextlib
 import csv
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +33,7 @@ from metareg.core.imageio import (
 )
 from metareg.core.iterative import IterativeConfig
 from metareg.core.landmarks import Landmarks, read_landmarks, write_landmarks
-from metareg.core.losses import SIMILARITIES, LossConfig
+from metareg.core.losses import SIMILARITIES
 from metareg.core.modelio import default_zoo_dir, load_model, read_index
 from metareg.core.outputs import (
     Outputs,
@@ -154,23 +155,27 @@ def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _iterative_config(args: argparse.Namespace) -> IterativeConfig:
     defaults = IterativeConfig()
-    iterations = defaults.iterations
+    loss = replace(defaults.loss, similarity=args.similarity or defaults.loss.similarity,
+                   regulariser_weight=defaults.loss.regulariser_weight if args.smoothness is None else args.smoothness)
+    config = replace(defaults, loss=loss, diffeomorphic=args.diffeomorphic)
     if args.iterations:
         try:
             iterations = tuple(int(v) for v in args.iterations.split(","))
         except ValueError:
             raise InputError(f"--iterations {args.iterations}", "must be comma-separated integers, e.g. 100,67,33")
-    shrink = defaults.shrink_factors
-    if len(iterations) != len(shrink):
-        shrink = tuple(2**i for i in reversed(range(len(iterations))))
-    loss = LossConfig(
-        similarity=args.similarity or defaults.loss.similarity,
-        regulariser=defaults.loss.regulariser,
-        regulariser_weight=defaults.loss.regulariser_weight if args.smoothness is None else args.smoothness,
-        ncc_window=defaults.loss.ncc_window,
-    )
-    return IterativeConfig(shrink_factors=shrink, iterations=iterations, loss=loss, diffeomorphic=args.diffeomorphic,
-                           learning_rate=defaults.learning_rate)
+        config = config.with_iterations(iterations)
+    return config
+
+
+def _method(args: argparse.Namespace, model):
+    """The method :func:`register` runs: the model with the adaptation and refinement options, or the iterative
+    method with its options."""
+    if model is not None:
+        from metareg.core.registration import NetworkMethod
+
+        return NetworkMethod(model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
+                             refine_steps=args.refine_steps)
+    return _iterative_config(args)
 
 
 def _load_method(args: argparse.Namespace):
@@ -191,6 +196,12 @@ def _load_method(args: argparse.Namespace):
             return load_model(args.model)
         except ModelError as error:
             raise InputError(f"--model {args.model}", str(error)) from None
+    for option, given, problem in (
+            ("--adapt-steps", args.adapt_steps != 0, "test-time adaptation needs a network"),
+            ("--adapt-lr", args.adapt_lr is not None, "is the step size of test-time adaptation, which needs a network"),
+            ("--refine-steps", args.refine_steps not in (None, 0), "refinement starts from a network's output")):
+        if given:
+            raise InputError(option, problem, "give --model, or drop it")
     return None
 
 
@@ -217,7 +228,7 @@ def run_register(args: argparse.Namespace) -> int:
     fixed_labels = read_image(args.fixed_labels, "--fixed-labels") if args.fixed_labels else None
     moving_labels = read_image(args.moving_labels, "--moving-labels") if args.moving_labels else None
     model = _load_method(args)
-    iterative_config = None if model is not None else _iterative_config(args)
+    method = _method(args, model)
     if args.transform:
         check_transform_name(args.transform, "--transform")
     outputs = Outputs([("--fixed", args.fixed), ("--moving", args.moving),
@@ -243,10 +254,8 @@ def run_register(args: argparse.Namespace) -> int:
     bar = ProgressBar(enabled=not args.quiet and events is None)
     try:
         result = register(
-            fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
-            refine_steps=args.refine_steps, affine=args.affine, iterative_config=iterative_config,
-            device=args.device, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
-            fixed_labels=fixed_labels, moving_labels=moving_labels, progress=events or bar,
+            fixed, moving, method, affine=args.affine, device=args.device, fixed_landmarks=fixed_landmarks,
+            moving_landmarks=moving_landmarks, fixed_labels=fixed_labels, moving_labels=moving_labels, progress=events or bar,
         )
     finally:
         bar.close()
@@ -285,7 +294,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     rows_in = read_pair_rows(args.pairs)
     model = _load_method(args)
-    iterative_config = None if model is not None else _iterative_config(args)
+    method = _method(args, model)
     outputs = Outputs([("--pairs", args.pairs), *_model_inputs(model),
                        *((f"--pairs line {row.line} {column}", getattr(row.pair, column)) for row in rows_in
                          if row.pair is not None for column in PAIR_COLUMNS)])
@@ -313,9 +322,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 flab = read_image(pair.fixed_labels, f"{where} fixed_labels") if pair.fixed_labels else None
                 mlab = read_image(pair.moving_labels, f"{where} moving_labels") if pair.moving_labels else None
                 result = register(
-                    fixed, moving, model=model, adapt_steps=args.adapt_steps, adapt_learning_rate=args.adapt_lr,
-                    refine_steps=args.refine_steps, affine=args.affine, iterative_config=iterative_config,
-                    device=args.device, fixed_landmarks=fl, moving_landmarks=ml, fixed_labels=flab, moving_labels=mlab,
+                    fixed, moving, method, affine=args.affine, device=args.device, fixed_landmarks=fl,
+                    moving_landmarks=ml, fixed_labels=flab, moving_labels=mlab,
                 )
         except MetaRegError as error:
             row.update(status="error", error=str(error))

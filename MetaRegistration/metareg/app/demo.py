@@ -18,7 +18,7 @@ from metareg.core.landmarks import read_landmarks
 from metareg.core.modelio import load_model
 from metareg.core.outputs import Outputs, write_json, write_transform
 from metareg.core.progress import ProgressBar
-from metareg.core.registration import register
+from metareg.core.registration import NetworkMethod, register
 
 SAMPLE_DIR = Path(__file__).resolve().parents[3] / "Resources" / "SampleData"  # the repository's top: metareg/app/demo.py
 PAIRS = {
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Sample pair {args.pair}: {pair['about']}")
     bar = ProgressBar(enabled=True)
     try:
-        result = register(fixed, moving, model=model, adapt_steps=adapt_steps, refine_steps=refine_steps,
+        result = register(fixed, moving,
+                          method=NetworkMethod(model, adapt_steps=adapt_steps, refine_steps=refine_steps),
                           device=args.device, progress=bar, **landmarks)
     finally:
         bar.close()

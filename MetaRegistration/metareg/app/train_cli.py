@@ -163,7 +163,7 @@ def run_metatrain(args: argparse.Namespace) -> int:
     tasks = _tasks(args)
     _check_out(args, tasks, args.init)
     metatrain(tasks, spec, config, Path(args.out), args.device, args.resume, parent=args.init,
-              command=_command_line())
+              command=_command_line(), progress=getattr(args, "events", None))
     print(f"wrote {args.out} and its card")
     return 0
 

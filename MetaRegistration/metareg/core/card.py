@@ -5,7 +5,7 @@ fields, in file order:
 
 ``format_version``  :data:`CARD_FORMAT_VERSION`
 ``name``, ``purpose``, ``domain``   text for users
-``architecture``    the network config (:func:`metareg.core.networks.build_network`)
+``architecture``    the network config (:meth:`metareg.core.networks.RegistrationNetwork.to_config`)
 ``grid``            :class:`GridSpec`: the canonical model grid placed on the fixed image
 ``normalisation``   :class:`Normalisation`: intensity preprocessing (:mod:`metareg.core.preprocess`)
 ``loss``            :class:`metareg.core.losses.LossConfig`: the training loss, also used for adaptation and refinement
@@ -49,7 +49,6 @@ MAX_GRID_VOXELS = 256**3
 MAX_CHANNELS, MAX_LAYERS = 1024, 16
 #: Most refinement steps a card may ask for by default (the zoo asks for 30 and 200).
 MAX_REFINE_STEPS = 10_000
-_ARCHITECTURE_KEYS = {"family", "dim", "diffeomorphic", "integration_steps"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -277,13 +276,13 @@ def _sequence(value: Any, name: str) -> tuple:
 def _check_architecture(architecture: Any) -> dict:
     """The network config's generic entries (family, dim, widths, integration); the family checks the rest when the
     network is built."""
-    from metareg.core.networks import DEFAULT_CONFIGS, FAMILIES
+    from metareg.core.networks import FAMILIES
 
     if not isinstance(architecture, Mapping):
         raise ParameterError("architecture", f"must be a JSON object, got {architecture!r}")
     family = check_choice(architecture.get("family"), "architecture.family", FAMILIES)
     check_int(architecture.get("dim"), "architecture.dim", 2, 3)
-    known = _ARCHITECTURE_KEYS | set(DEFAULT_CONFIGS.get(family, {}))
+    known = {"family"} | FAMILIES[family].parameter_names()
     for key, value in architecture.items():
         if key not in known:
             raise ParameterError(f"architecture.{key}", f"is not a setting of the {family} family "

@@ -20,7 +20,7 @@ in less time.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -91,6 +91,16 @@ class IterativeConfig:
         if self.control_spacing is not None:
             return tuple(self.control_spacing)
         return tuple(4 if factor == 1 else 2 for factor in self.shrink_factors)
+
+    def with_iterations(self, iterations: Sequence[int]) -> "IterativeConfig":
+        """This config with ``iterations`` steps per level. With another number of levels than it has, the pyramid
+        becomes one level per entry, each halving the resolution of the next (…, 4, 2, 1), and a per-level control
+        spacing falls back to the default of :meth:`level_spacings`."""
+        iterations = tuple(iterations)
+        if len(iterations) == len(self.shrink_factors):
+            return replace(self, iterations=iterations)
+        return replace(self, iterations=iterations, control_spacing=None,
+                       shrink_factors=tuple(2**level for level in reversed(range(len(iterations)))))
 
     def to_dict(self) -> dict:
         """The settings as JSON-ready values, the control spacing resolved per level."""

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from metareg.core.card import SETTINGS_FIELDS, ModelCard
 from metareg.core.errors import ModelError, OutputError
-from metareg.core.networks import RegistrationNetwork, build_network
+from metareg.core.networks import RegistrationNetwork
 
 #: Key of the card settings' digest in the weights file's safetensors metadata.
 SETTINGS_DIGEST_KEY = "metareg_card_settings_sha256"
@@ -79,7 +79,7 @@ def save_model(network: RegistrationNetwork, weights_path: str | Path, card: Mod
     if not weights_path.parent.is_dir() or not os.access(weights_path.parent, os.W_OK):
         raise OutputError(f"model file {weights_path}: folder {weights_path.parent} does not exist or is not writable")
     fields = card.to_dict() if isinstance(card, ModelCard) else dict(card)
-    fields.update(name=weights_path.stem, architecture=dict(network.config), sha256="")
+    fields.update(name=weights_path.stem, architecture=network.to_config(), sha256="")
     card = ModelCard.from_dict(fields, f"the card of {weights_path}")
     card_path = weights_path.with_suffix(".json")
     tmp_weights = weights_path.with_name(f".{weights_path.name}.tmp")
@@ -189,7 +189,7 @@ def load_model(name_or_path: str | Path, zoo_dir: Path | None = None, device: st
                          "weights were saved with: the card was edited or belongs to another model; restore it from "
                          "where the model came from")
     try:
-        network = build_network(card.architecture)
+        network = RegistrationNetwork.from_config(card.architecture)
     except (ValueError, KeyError, TypeError) as error:
         raise ModelError(f"model card {card_path}: bad architecture: {error}") from None
     try:

@@ -1,37 +1,25 @@
 """Registration networks: a VoxelMorph-style U-Net and a LocalNet, 2D or 3D, any input size.
 
-Every network takes the moving and fixed tensors ``(B, 1, *spatial)`` (intensities normalised to [0, 1]) and returns a
-voxel displacement ``(B, dim, *spatial)`` in voxels of the input grid, channel ``c`` along tensor axis ``c`` (see
+Every network is called as ``network(fixed=..., moving=...)`` with tensors ``(B, 1, *spatial)`` (intensities normalised to
+[0, 1]) and returns a voxel displacement ``(B, dim, *spatial)`` in voxels of the input grid, channel ``c`` along tensor axis ``c`` (see
 :mod:`metareg.core.geometry`). With ``diffeomorphic=True`` the head predicts a stationary velocity field that is integrated
 by scaling and squaring. Inputs whose size is not a multiple of ``2**levels`` are padded (edge values) and the output
 cropped back, so any size works.
 
-A network is built from a plain JSON-able config (:func:`build_network`), which model files store beside the weights.
+Each network takes explicit keyword parameters; :meth:`RegistrationNetwork.to_config` gives them as the JSON-able
+config a model card stores (its ``architecture``), and :meth:`RegistrationNetwork.from_config` builds the network back.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from metareg.core.geometry import integrate_velocity, resize_displacement
-
-DEFAULT_CONFIGS: dict[str, dict[str, Any]] = {
-    # VoxelMorph (Balakrishnan et al.) default widths, scaled for CPU-trainable models.
-    "unet": {
-        "family": "unet",
-        "encoder_channels": [16, 32, 32, 32],
-        "decoder_channels": [32, 32, 32, 32, 16, 16],
-    },
-    # LocalNet (Hu et al.), as used by Baum et al.'s Meta-Registration.
-    "localnet": {
-        "family": "localnet",
-        "channels": [16, 32, 32, 64],
-    },
-}
 
 
 def _conv(dim: int) -> type[nn.Module]:
@@ -59,27 +47,63 @@ class ConvAct(nn.Module):
 
 
 class RegistrationNetwork(nn.Module):
-    """Base class: padding to a valid size, optional velocity integration, the config it was built from.
+    """Base class: padding to a valid size, optional velocity integration, and the config it is rebuilt from.
 
-    Subclasses implement :meth:`predict` on a padded input ``(B, 2, *spatial)`` and return ``(B, dim, *spatial)``.
+    Subclasses set :attr:`family`, take their widths as keyword parameters, implement :meth:`predict` on a padded
+    input ``(B, 2, *spatial)`` (moving and fixed channels) returning ``(B, dim, *spatial)``, and add their widths to
+    :meth:`to_config`.
+
+    Args:
+        dim: 2 or 3.
+        diffeomorphic: predict a stationary velocity field and integrate it (scaling and squaring) into the
+            displacement.
+        integration_steps: squaring steps of that integration.
     """
 
+    family: str = ""
     levels: int = 0
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, *, dim: int, diffeomorphic: bool = False, integration_steps: int = 7):
         super().__init__()
-        self.config = dict(config)
-        self.dim = int(config["dim"])
-        if self.dim not in (2, 3):
-            raise ValueError(f"network dimension must be 2 or 3, not {self.dim}")
-        self.diffeomorphic = bool(config.get("diffeomorphic", False))
-        self.integration_steps = int(config.get("integration_steps", 7))
+        if dim not in (2, 3):
+            raise ValueError(f"network dimension must be 2 or 3, not {dim}")
+        self.dim = int(dim)
+        self.diffeomorphic = bool(diffeomorphic)
+        self.integration_steps = int(integration_steps)
+
+    def to_config(self) -> dict[str, Any]:
+        """The network's parameters as JSON-able data, with its ``family`` (what a card's ``architecture`` holds)."""
+        return {"family": self.family, "dim": self.dim, "diffeomorphic": self.diffeomorphic,
+                "integration_steps": self.integration_steps}
+
+    @classmethod
+    def parameter_names(cls) -> set[str]:
+        """The keyword parameters this family takes (the keys of its config besides ``family``)."""
+        return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+    @staticmethod
+    def from_config(config: dict[str, Any]) -> "RegistrationNetwork":
+        """The network a config describes (:meth:`to_config`'s output, or a card's ``architecture``): its ``family``
+        picks the class (:data:`FAMILIES`), the other keys are that class's keyword parameters; parameters left out
+        take the class's defaults. Unknown keys are refused (ValueError naming them)."""
+        family = config.get("family")
+        if family not in FAMILIES:
+            raise ValueError(f"unknown network family {family!r}; choose one of {sorted(FAMILIES)}")
+        cls = FAMILIES[family]
+        parameters = {key: value for key, value in config.items() if key != "family"}
+        accepted = cls.parameter_names()
+        unknown = sorted(set(parameters) - accepted)
+        if unknown:
+            raise ValueError(f"a {family} network has no parameter {', '.join(unknown)} (it takes "
+                             f"{', '.join(sorted(accepted))})")
+        return cls(**parameters)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        """Voxel displacement ``(B, dim, *spatial)`` that warps ``moving`` onto ``fixed`` (both ``(B, 1, *spatial)``)."""
+    def forward(self, *, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """Voxel displacement ``(B, dim, *spatial)`` that warps ``moving`` onto ``fixed`` (both ``(B, 1, *spatial)``):
+        ``warp_tensor(moving, d)`` matches ``fixed``."""
         if moving.shape != fixed.shape:
             raise ValueError(f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} tensors differ in shape")
         if moving.dim() != self.dim + 2:
@@ -104,13 +128,17 @@ class UNet(RegistrationNetwork):
 
     Encoder: one stride-2 conv per entry of ``encoder_channels``. Decoder: for each encoder level (deepest first) a conv,
     ×2 upsampling and concatenation with the matching encoder features; then the remaining ``decoder_channels`` at
-    full resolution, and the flow head.
+    full resolution, and the flow head. The default widths are VoxelMorph's, scaled for CPU-trainable models.
     """
 
-    def __init__(self, config: dict[str, Any]):
-        super().__init__(config)
-        enc = list(config["encoder_channels"])
-        dec = list(config["decoder_channels"])
+    family = "unet"
+
+    def __init__(self, *, dim: int, encoder_channels: Sequence[int] = (16, 32, 32, 32),
+                 decoder_channels: Sequence[int] = (32, 32, 32, 32, 16, 16), diffeomorphic: bool = False,
+                 integration_steps: int = 7):
+        super().__init__(dim=dim, diffeomorphic=diffeomorphic, integration_steps=integration_steps)
+        self.encoder_channels = enc = [int(c) for c in encoder_channels]
+        self.decoder_channels = dec = [int(c) for c in decoder_channels]
         if len(dec) < len(enc):
             raise ValueError("a U-Net needs at least as many decoder as encoder channel entries")
         self.levels = len(enc)
@@ -130,6 +158,10 @@ class UNet(RegistrationNetwork):
             self.refine.append(ConvAct(self.dim, previous, channels))
             previous = channels
         self.head = _flow_head(self.dim, previous)
+
+    def to_config(self) -> dict[str, Any]:
+        return {**super().to_config(), "encoder_channels": list(self.encoder_channels),
+                "decoder_channels": list(self.decoder_channels)}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         skips = [x]
@@ -153,12 +185,15 @@ class LocalNet(RegistrationNetwork):
     Encoder: at each level a conv and a residual conv, then ×2 downsampling. Decoder: ×2 upsampling (transposed conv
     plus *additive* upsampling, i.e. resize and sum channel groups), added to the skip features, then a residual conv.
     A displacement is predicted at every decoder level and the upsampled displacements are summed ("multi-scale
-    local output"), which keeps the result smooth.
+    local output"), which keeps the result smooth. The default widths are those of Baum et al.'s Meta-Registration.
     """
 
-    def __init__(self, config: dict[str, Any]):
-        super().__init__(config)
-        channels = list(config["channels"])
+    family = "localnet"
+
+    def __init__(self, *, dim: int, channels: Sequence[int] = (16, 32, 32, 64), diffeomorphic: bool = False,
+                 integration_steps: int = 7):
+        super().__init__(dim=dim, diffeomorphic=diffeomorphic, integration_steps=integration_steps)
+        self.channels = channels = [int(c) for c in channels]
         self.levels = len(channels) - 1
         self.down_in = nn.ModuleList()
         self.down_res = nn.ModuleList()
@@ -179,6 +214,9 @@ class LocalNet(RegistrationNetwork):
             self.up_res.append(ConvAct(self.dim, c, c))
             self.heads.append(_flow_head(self.dim, c))
             previous = c
+
+    def to_config(self) -> dict[str, Any]:
+        return {**super().to_config(), "channels": list(self.channels)}
 
     @staticmethod
     def _additive_upsample(x: torch.Tensor, out_channels: int, dim: int) -> torch.Tensor:
@@ -206,18 +244,6 @@ class LocalNet(RegistrationNetwork):
 
 
 FAMILIES: dict[str, type[RegistrationNetwork]] = {"unet": UNet, "localnet": LocalNet}
-
-
-def build_network(config: dict[str, Any]) -> RegistrationNetwork:
-    """Build a network from its config (``family``, ``dim``, widths, ``diffeomorphic``, ``integration_steps``).
-
-    Missing width entries take the family's defaults from :data:`DEFAULT_CONFIGS`.
-    """
-    family = config.get("family")
-    if family not in FAMILIES:
-        raise ValueError(f"unknown network family {family!r}; choose one of {sorted(FAMILIES)}")
-    full = {**DEFAULT_CONFIGS[family], **config}
-    return FAMILIES[family](full)
 
 
 def count_parameters(network: nn.Module) -> int:

@@ -11,18 +11,18 @@ fixed, moving (SimpleITK, any geometry)
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Union
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from metareg.core import memory, metrics
+from metareg.core.adaptation import adapt_network
 from metareg.core.card import MAX_REFINE_STEPS
 from metareg.core.checks import check_float, check_int
 from metareg.core.device import describe_device, resolve_device
@@ -41,12 +41,11 @@ from metareg.core.geometry import (
     regrid_displacement,
     resample_onto,
     warp_image,
-    warp_tensor,
 )
 from metareg.core.imageio import check_image
 from metareg.core.iterative import IterativeConfig, register_iterative
 from metareg.core.landmarks import Landmarks, match_landmarks
-from metareg.core.losses import LossConfig, registration_loss
+from metareg.core.losses import LossConfig
 from metareg.core.modelio import LoadedModel
 from metareg.core.prealign import affine_prealign
 from metareg.core.preprocess import prepare_pair
@@ -186,49 +185,62 @@ def refinement_config(steps: int, loss: LossConfig, regulariser_weight: float | 
                            control_spacing=tuple(level[1] for level in REFINE_LEVELS), supersample=True)
 
 
-def adapt_network(
-    network: torch.nn.Module,
-    fixed: torch.Tensor,
-    moving: torch.Tensor,
-    loss: LossConfig,
-    steps: int,
-    learning_rate: float,
-    progress: ProgressCallback | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> tuple[torch.nn.Module, list[float]]:
-    """Test-time adaptation: ``steps`` Adam steps on this one pair, on a *copy* of ``network``.
+@dataclass(frozen=True)
+class NetworkMethod:
+    """Registration by a network: a loaded model, optionally adapted to the pair and its field refined.
 
-    The network passed in is never changed. Returns the adapted copy (in eval mode) and the loss before each step.
+    Pass it to :func:`register` as ``method``; the iterative method is configured by an :class:`IterativeConfig`
+    instead. Checked when made (errors name the parameter).
+
+    Attributes:
+        model: a loaded model (:func:`metareg.core.modelio.load_model`); it is never changed.
+        adapt_steps: test-time adaptation steps on the pair (Adam on a copy of the network).
+        adapt_learning_rate: Adam step size of the adaptation; None: the card's (``adaptation.learning_rate``). Only
+            with adaptation steps.
+        refine_steps: after the network, this many steps of the iterative method on the field, started from the
+            network's displacement (:func:`refinement_config`); None: as the card says (``refinement.steps``). The
+            refined field is not diffeomorphic by construction; the report's folding fraction says whether it folds.
     """
-    adapted = copy.deepcopy(network)
-    adapted.train()
-    optimiser = torch.optim.Adam(adapted.parameters(), lr=learning_rate)
-    curve: list[float] = []
-    for step in range(steps):
-        if should_stop is not None and should_stop():
-            raise Cancelled("registration cancelled")
-        optimiser.zero_grad(set_to_none=True)
-        disp = adapted(moving, fixed)
-        value, _ = registration_loss(loss, fixed, warp_tensor(moving, disp), disp)
-        value.backward()
-        optimiser.step()
-        curve.append(float(value.detach()))
-        if progress is not None:
-            progress((step + 1) / steps, f"test-time adaptation {step + 1}/{steps}")
-    adapted.eval()
-    return adapted, curve
+
+    model: LoadedModel
+    adapt_steps: int = 0
+    adapt_learning_rate: float | None = None
+    refine_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, LoadedModel):
+            raise ParameterError("model", f"must be a loaded model (metareg.load_model), got {type(self.model).__name__}")
+        object.__setattr__(self, "adapt_steps", check_int(self.adapt_steps, "adapt_steps", 0, MAX_ADAPT_STEPS))
+        if self.adapt_learning_rate is not None:
+            rate = check_float(self.adapt_learning_rate, "adapt_learning_rate", maximum=1.0, positive=True)
+            object.__setattr__(self, "adapt_learning_rate", rate)
+            if not self.adapt_steps:
+                raise ParameterError("adapt_learning_rate", "is the step size of test-time adaptation, which is off",
+                                     "give adaptation steps too, or no learning rate")
+        if self.refine_steps is not None:
+            object.__setattr__(self, "refine_steps", check_int(self.refine_steps, "refine_steps", 0, MAX_REFINE_STEPS))
+
+    @property
+    def learning_rate(self) -> float:
+        """The adaptation's step size: the one given, else the card's."""
+        return self.adapt_learning_rate if self.adapt_learning_rate is not None else \
+            self.model.card.adaptation.learning_rate
+
+    @property
+    def refinement_steps(self) -> int:
+        """The refinement steps that run: the ones given, else the card's."""
+        return self.refine_steps if self.refine_steps is not None else self.model.card.refinement.steps
+
+
+Method = Union[NetworkMethod, IterativeConfig]
 
 
 def register(
     fixed: sitk.Image,
     moving: sitk.Image,
+    method: Method | None = None,
     *,
-    model: LoadedModel | None = None,
-    adapt_steps: int = 0,
-    adapt_learning_rate: float | None = None,
-    refine_steps: int | None = None,
     affine: bool | None = None,
-    iterative_config: IterativeConfig | None = None,
     device: str = "auto",
     fixed_landmarks: Landmarks | None = None,
     moving_landmarks: Landmarks | None = None,
@@ -237,17 +249,12 @@ def register(
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> RegistrationResult:
-    """Register ``moving`` to ``fixed`` with a network (``model``) or, when ``model`` is None, the iterative method.
+    """Register ``moving`` to ``fixed`` with a network or the iterative method.
 
     Args:
         fixed, moving: images of the same dimension (2D or 3D), any spacing, origin and direction. Not modified.
-        model: a loaded model; None runs the iterative method with ``iterative_config``.
-        adapt_steps: test-time adaptation steps on this pair (network only); the model itself is never changed.
-        adapt_learning_rate: Adam step size of the adaptation (default: the card's, else 1e-4).
-        refine_steps: after the network, run this many steps of the iterative method on the field, started from the
-            network's displacement (:func:`refinement_config`; network only). None (default): as the model's card
-            says (``"refinement": {"steps": N}``), else 0. The refined field is not diffeomorphic by construction;
-            the report's folding fraction says whether it folds.
+        method: a :class:`NetworkMethod` (a model, with its adaptation and refinement), or an :class:`IterativeConfig`
+            for the iterative method; None: the iterative method with its defaults.
         affine: run a classical affine pre-alignment first and compose it into the field. None (default): as the
             model's card says (``"prealign": "affine"`` for models trained on pre-aligned pairs), off for the
             iterative method.
@@ -257,10 +264,21 @@ def register(
             mean surface distance per label, before and after; the moving labels are warped by nearest neighbour.
         progress: called with (fraction of the whole run in [0, 1], message).
         should_stop: polled often; when it returns True the run raises :class:`Cancelled`.
+
+    Example::
+
+        model = load_model("brain-mr-3d-reptile")
+        result = register(fixed, moving, NetworkMethod(model, adapt_steps=5), fixed_landmarks=fl, moving_landmarks=ml)
+        print(result.report.summary_line())
     """
-    dim, adapt_learning_rate, refine_steps, affine = _check_arguments(
-        fixed, moving, model, adapt_steps, adapt_learning_rate, refine_steps, affine, iterative_config,
-        fixed_landmarks, moving_landmarks, fixed_labels, moving_labels)
+    dim, affine = _check_arguments(fixed, moving, method, affine, fixed_landmarks, moving_landmarks, fixed_labels,
+                                   moving_labels)
+    if isinstance(method, NetworkMethod):
+        model, iterative_config = method.model, None
+        adapt_steps, adapt_learning_rate, refine_steps = method.adapt_steps, method.learning_rate, method.refinement_steps
+    else:
+        model, iterative_config = None, method or IterativeConfig()
+        adapt_steps, adapt_learning_rate, refine_steps = 0, None, 0
     if fixed_labels is not None and not Grid.from_image(fixed_labels).same_as(Grid.from_image(fixed)):
         fixed_labels = resample_onto(fixed_labels, Grid.from_image(fixed), interpolator=sitk.sitkNearestNeighbor,
                                      pixel_type=fixed_labels.GetPixelID())
@@ -301,13 +319,13 @@ def register(
         if adapt_steps:
             with stages.stage("adaptation", "test-time adaptation") as report:
                 network, loss_curve = adapt_network(
-                    network, fixed_t, moving_t, loss_config, adapt_steps, adapt_learning_rate,
+                    network, lambda step: [(fixed_t, moving_t)], loss_config, adapt_steps, adapt_learning_rate,
                     progress=report, should_stop=should_stop,
                 )
         with stages.stage("registration", "network inference"), torch.no_grad():
             if should_stop is not None and should_stop():
                 raise Cancelled("registration cancelled")
-            disp_vox = network(moving_t, fixed_t)
+            disp_vox = network(fixed=fixed_t, moving=moving_t)
         if refine_steps:
             with stages.stage("refinement", "refining the field") as report:
                 refine_grid = work_grid
@@ -322,9 +340,9 @@ def register(
                 loss_curve = loss_curve + refine_curve
                 field_grid = refine_grid
     else:
-        config = iterative_config or IterativeConfig()
         with stages.stage("registration", "iterative optimisation") as report:
-            disp_vox, loss_curve = register_iterative(fixed_t, moving_t, config, progress=report, should_stop=should_stop)
+            disp_vox, loss_curve = register_iterative(fixed_t, moving_t, iterative_config, progress=report,
+                                                      should_stop=should_stop)
 
     with stages.stage("field", "physical displacement field"):
         displacement = network_displacement_to_field(disp_vox.cpu(), field_grid, fixed, prealign)
@@ -353,7 +371,7 @@ def register(
             ncc_region_fraction=float(overlap.mean()),
             warnings=doubts,
             memory=memory_plan.to_dict(),
-            iterative=(iterative_config or IterativeConfig()).to_dict() if model is None else None,
+            iterative=iterative_config.to_dict() if iterative_config is not None else None,
             **metrics.field_summary(displacement, jacobian=jacobian),
         )
         if matched is not None:
@@ -368,43 +386,23 @@ def register(
     return RegistrationResult(displacement, warped, jacobian, report, loss_curve, prealign, warped_labels)
 
 
-def _check_arguments(fixed, moving, model, adapt_steps, adapt_learning_rate, refine_steps, affine, iterative_config,
-                     fixed_landmarks, moving_landmarks, fixed_labels, moving_labels):
+def _check_arguments(fixed, moving, method, affine, fixed_landmarks, moving_landmarks, fixed_labels, moving_labels):
     """:func:`register`'s checks of its arguments, before any work; errors name the parameters. Returns the images'
-    dimension and the adaptation rate, refinement steps and pre-alignment with the card's defaults filled in."""
+    dimension and the pre-alignment with the card's default filled in."""
     check_image(fixed, "fixed", MIN_REGISTRATION_SIZE)
     check_image(moving, "moving", MIN_REGISTRATION_SIZE)
     dim = fixed.GetDimension()
     if moving.GetDimension() != dim:
         raise InputError("fixed and moving", f"are {dim}D and {moving.GetDimension()}D",
                          "register a 2D image with a 2D image and a 3D image with a 3D image")
-    if model is not None and not isinstance(model, LoadedModel):
-        raise ParameterError("model", f"must be a loaded model (metareg.load_model), got {type(model).__name__}")
+    if method is not None and not isinstance(method, (NetworkMethod, IterativeConfig)):
+        hint = " (wrap a loaded model as NetworkMethod(model))" if isinstance(method, LoadedModel) else ""
+        raise ParameterError("method", f"must be a NetworkMethod or an IterativeConfig, got {type(method).__name__}"
+                             + hint)
+    model = method.model if isinstance(method, NetworkMethod) else None
     if model is not None and model.card.dim != dim:
         raise InputError("model", f"{model.name} is a {model.card.dim}-D model but the images are {dim}-D",
                          "pick a model of the images' dimension (`metareg models`) or the iterative method")
-    if model is not None and iterative_config is not None:
-        raise ParameterError("iterative_config", "configures the iterative method, which runs without a model",
-                             "give a model or an iterative config, not both")
-    if iterative_config is not None and not isinstance(iterative_config, IterativeConfig):
-        raise ParameterError("iterative_config", f"must be an IterativeConfig, got {type(iterative_config).__name__}")
-    adapt_steps = check_int(adapt_steps, "adapt_steps", 0, MAX_ADAPT_STEPS)
-    if model is None and adapt_steps:
-        raise ParameterError("adapt_steps", "test-time adaptation needs a network",
-                             "give a model, or no adaptation steps")
-    if adapt_learning_rate is not None:
-        adapt_learning_rate = check_float(adapt_learning_rate, "adapt_learning_rate", maximum=1.0, positive=True)
-        if not adapt_steps:
-            raise ParameterError("adapt_learning_rate", "is the step size of test-time adaptation, which is off",
-                                 "give adaptation steps too, or no learning rate")
-    elif model is not None:
-        adapt_learning_rate = model.card.adaptation.learning_rate
-    if refine_steps is not None:
-        refine_steps = check_int(refine_steps, "refine_steps", 0, MAX_REFINE_STEPS)
-        if model is None and refine_steps:
-            raise ParameterError("refine_steps", "refinement starts from a network's output",
-                                 "give a model, or no refinement steps")
-    refine_steps = refine_steps if refine_steps is not None else (model.card.refinement.steps if model else 0)
     if affine is None:
         affine = model is not None and model.card.affine
     elif not isinstance(affine, bool):
@@ -426,7 +424,7 @@ def _check_arguments(fixed, moving, model, adapt_steps, adapt_learning_rate, ref
         if labels.GetNumberOfComponentsPerPixel() != 1:
             raise InputError(name, f"has {labels.GetNumberOfComponentsPerPixel()} values per voxel",
                              "give a label map: one integer label per voxel")
-    return dim, adapt_learning_rate, refine_steps, affine
+    return dim, affine
 
 
 def _domain(grid: Grid) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,6 @@ on the same seed.
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from metareg.core.adaptation import adapt_network
 from metareg.core.card import ModelCard
 from metareg.core.errors import Cancelled, InputError
 from metareg.core.geometry import warp_tensor
@@ -56,7 +56,7 @@ def _batch_loss(network: torch.nn.Module, samples: list[tuple[torch.Tensor, ...]
     """
     fixed = torch.cat([s[0] for s in samples]).to(device)
     moving = torch.cat([s[1] for s in samples]).to(device)
-    disp = network(moving, fixed)
+    disp = network(fixed=fixed, moving=moving)
     value, parts = registration_loss(loss, fixed, warp_tensor(moving, disp), disp)
     supervised = [i for i, s in enumerate(samples) if len(s) == 3]
     if supervised and field_supervision > 0:
@@ -71,6 +71,53 @@ def _progress(processes: Processes, total: int, start: int, description: str):
     interactive = sys.stderr is not None and sys.stderr.isatty()
     return progress_bar(total=total, initial=start, desc=description, disable=not processes.main,
                         mininterval=0.5 if interactive else 30.0)
+
+
+def _step_loop(network: RegistrationNetwork, optimiser: torch.optim.Optimizer | None, config_json: dict,
+               files: RunFiles, processes: Processes, *, steps: int, checkpoint_every: int, resume: bool,
+               description: str, plot_title: str, one_step: Callable[[int], tuple[float, dict, float]],
+               stop_after: int | None = None, progress: Callable[[float, str], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> list[float]:
+    """The skeleton both training loops share: resume from the checkpoint (``resume``: the network's and the
+    optimiser's state and the step, after :func:`metareg.learning.runlog.resume_state` has checked the run's
+    settings), then for each step up to ``steps``: poll ``should_stop`` (raising :class:`Cancelled`; the last
+    checkpoint stays), run ``one_step(step)`` (returning the step's loss, the loss's parts and the step size), log it,
+    report ``progress(fraction, message)``, and checkpoint every ``checkpoint_every`` steps and at the end.
+    ``stop_after`` ends the run early (as if killed) after that step. Returns the loss curve, steps before a resume
+    included."""
+    start = 0
+    if resume:
+        checkpoint = resume_state(files, config_json)
+        network.load_state_dict(checkpoint["network"])
+        if optimiser is not None:
+            optimiser.load_state_dict(checkpoint["optimiser"])
+        start = int(checkpoint["step"])
+    log = LossLog(files, start if resume else None, processes.main)
+    bar = _progress(processes, steps, start, description)
+    last = time.perf_counter()
+    for step in range(start, steps):
+        if stop_after is not None and step >= stop_after:
+            break
+        if should_stop is not None and should_stop():
+            bar.close()
+            log.close(files.plot, plot_title)
+            raise Cancelled(f"{description} cancelled at step {step}")
+        loss, parts, rate = one_step(step)
+        now = time.perf_counter()
+        log.add(step, loss, parts, rate, now - last)
+        last = now
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        done = step + 1
+        if progress is not None:
+            progress(done / steps, f"{description} step {done}/{steps}, loss {loss:.4f}")
+        if processes.main and checkpoint_every and (done % checkpoint_every == 0 or done == steps):
+            save_checkpoint(files.checkpoint, {"step": done, "network": network.state_dict(),
+                                               "optimiser": optimiser.state_dict() if optimiser is not None else {},
+                                               "config": json.dumps(config_json)})
+    bar.close()
+    log.close(files.plot, plot_title)
+    return log.curve()
 
 
 def train_loop(
@@ -99,23 +146,9 @@ def train_loop(
         model = torch.nn.parallel.DistributedDataParallel(network)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     config_json = run_settings(card, train=asdict(config), kind=description)
-    start = 0
-    if resume:
-        checkpoint = resume_state(files, config_json)
-        network.load_state_dict(checkpoint["network"])
-        optimiser.load_state_dict(checkpoint["optimiser"])
-        start = int(checkpoint["step"])
-    log = LossLog(files, start if resume else None, processes.main)
     pool = PairPool(datas)
-    bar = _progress(processes, config.steps, start, description)
-    last = time.perf_counter()
-    for step in range(start, config.steps):
-        if stop_after is not None and step >= stop_after:
-            break
-        if should_stop is not None and should_stop():
-            bar.close()
-            log.close(files.plot, description)
-            raise Cancelled(f"{description} cancelled at step {step}")
+
+    def one_step(step: int) -> tuple[float, dict, float]:
         samples = []
         for slot in processes.mine(config.batch_size):
             gen = generator(config.seed, step, slot)
@@ -134,20 +167,12 @@ def train_loop(
             reduced = torch.tensor([loss], device=processes.device)
             dist.all_reduce(reduced)
             loss = float(reduced) / processes.world_size
-        now = time.perf_counter()
-        log.add(step, loss, parts, config.learning_rate, now - last)
-        last = now
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        done = step + 1
-        if progress is not None:
-            progress(done / config.steps, f"{description} step {done}/{config.steps}, loss {loss:.4f}")
-        if processes.main and config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
-            save_checkpoint(files.checkpoint, {"step": done, "network": network.state_dict(),
-                                               "optimiser": optimiser.state_dict(), "config": json.dumps(config_json)})
-    bar.close()
-    log.close(files.plot, description)
-    return log.curve()
+        return loss, parts, config.learning_rate
+
+    return _step_loop(network, optimiser, config_json, files, processes, steps=config.steps,
+                      checkpoint_every=config.checkpoint_every, resume=resume, description=description,
+                      plot_title=description, one_step=one_step, stop_after=stop_after, progress=progress,
+                      should_stop=should_stop)
 
 
 def reptile_update(
@@ -180,18 +205,10 @@ def adapt_to_task(
     loss: LossConfig,
     device: torch.device,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """The inner loop: ``inner_steps`` Adam steps on a copy of ``network``; ``draw(s)`` gives inner step s's samples."""
-    adapted = copy.deepcopy(network)
-    adapted.train()
-    optimiser = torch.optim.Adam(adapted.parameters(), lr=config.inner_learning_rate)
-    losses = []
-    for inner in range(config.inner_steps):
-        samples = draw(inner)
-        optimiser.zero_grad(set_to_none=True)
-        value, _ = _batch_loss(adapted, samples, loss, device, len(samples))
-        value.backward()
-        optimiser.step()
-        losses.append(float(value.detach()))
+    """The inner loop: ``inner_steps`` Adam steps on a copy of ``network`` (the test-time adaptation of
+    :func:`metareg.core.adaptation.adapt_network`); ``draw(s)`` gives inner step s's samples. Returns the adapted
+    weights and the loss before each step."""
+    adapted, losses = adapt_network(network, draw, loss, config.inner_steps, config.inner_learning_rate, device=device)
     return {name: p.detach() for name, p in adapted.named_parameters()}, losses
 
 
@@ -204,26 +221,19 @@ def reptile_loop(
     processes: Processes,
     resume: bool = False,
     stop_after: int | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[float]:
-    """Reptile meta-training (see the module docstring); returns the curve of mean inner-loop losses."""
+    """Reptile meta-training (see the module docstring); returns the curve of mean inner-loop losses.
+
+    ``progress`` and ``should_stop`` as in :func:`train_loop`."""
     network.to(processes.device).train()
     optimiser = torch.optim.Adam(network.parameters(), lr=config.outer_learning_rate) if config.outer == "adam" else None
     config_json = run_settings(card, reptile=asdict(config))
-    start = 0
-    if resume:
-        checkpoint = resume_state(files, config_json)
-        network.load_state_dict(checkpoint["network"])
-        if optimiser is not None:
-            optimiser.load_state_dict(checkpoint["optimiser"])
-        start = int(checkpoint["step"])
-    log = LossLog(files, start if resume else None, processes.main)
     pool = PairPool(datas)
-    bar = _progress(processes, config.steps, start, f"Reptile ({config.level} level)")
-    last = time.perf_counter()
     names = [name for name, _ in network.named_parameters()]
-    for step in range(start, config.steps):
-        if stop_after is not None and step >= stop_after:
-            break
+
+    def one_step(step: int) -> tuple[float, dict, float]:
         total = {name: torch.zeros_like(p) for name, p in network.named_parameters()}
         inner_losses = torch.zeros(2, device=processes.device)  # (sum of final inner losses, count)
         for slot in processes.mine(config.tasks_per_step):
@@ -255,18 +265,10 @@ def reptile_loop(
                 offset += count
         mean = {name: total[name] / config.tasks_per_step for name in names}
         rate = reptile_update(network, mean, config, step, optimiser)
-        loss = float(inner_losses[0] / inner_losses[1])
-        now = time.perf_counter()
-        log.add(step, loss, {}, rate, now - last)
-        last = now
-        bar.update(1)
-        bar.set_postfix(inner_loss=f"{loss:.4f}", refresh=False)
-        done = step + 1
-        if processes.main and config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.steps):
-            save_checkpoint(files.checkpoint, {
-                "step": done, "network": network.state_dict(),
-                "optimiser": optimiser.state_dict() if optimiser is not None else {},
-                "config": json.dumps(config_json)})
-    bar.close()
-    log.close(files.plot, f"Reptile ({config.level} level): final inner-loop loss per meta-step")
-    return log.curve()
+        return float(inner_losses[0] / inner_losses[1]), {}, rate
+
+    return _step_loop(network, optimiser, config_json, files, processes, steps=config.steps,
+                      checkpoint_every=config.checkpoint_every, resume=resume,
+                      description=f"Reptile ({config.level} level)",
+                      plot_title=f"Reptile ({config.level} level): final inner-loop loss per meta-step",
+                      one_step=one_step, stop_after=stop_after, progress=progress, should_stop=should_stop)

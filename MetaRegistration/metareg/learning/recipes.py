@@ -24,7 +24,7 @@ from metareg.core.card import AdaptationDefaults, ModelCard
 from metareg.core.errors import InputError
 from metareg.core.losses import LossConfig
 from metareg.core.modelio import load_model, save_model
-from metareg.core.networks import RegistrationNetwork, build_network, count_parameters
+from metareg.core.networks import RegistrationNetwork, count_parameters
 from metareg.learning.config import ReptileConfig, TrainConfig
 from metareg.learning.distributed import Processes, start_processes
 from metareg.learning.loops import (
@@ -62,7 +62,7 @@ def _init_network(card: ModelCard | None, parent: str | None, seed: int) -> tupl
     if card is None:
         raise InputError("card", "a fresh network needs a card (architecture, grid, ...) or a parent model")
     torch.manual_seed(seed)
-    return build_network(card.architecture), card, None
+    return RegistrationNetwork.from_config(card.architecture), card, None
 
 
 def pretrain(tasks: list[Task], card: ModelCard | None, config: TrainConfig, out: Path, device: str = "auto",
@@ -118,8 +118,9 @@ def finetune(parent: str, tasks: list[Task], config: TrainConfig, out: Path, dev
 
 def metatrain(tasks: list[Task], card: ModelCard | None, config: ReptileConfig, out: Path, device: str = "auto",
               resume: bool = False, parent: str | None = None, command: str = "",
-              stop_after: int | None = None) -> list[float]:
-    """Reptile meta-training from ``parent`` (or a fresh network); writes ``out`` + card."""
+              stop_after: int | None = None, progress=None, should_stop=None) -> list[float]:
+    """Reptile meta-training from ``parent`` (or a fresh network); writes ``out`` + card. ``progress`` and
+    ``should_stop`` as in :func:`metareg.learning.loops.train_loop`."""
     processes = start_processes(device)
     files = RunFiles(out)
     network, card, parent_info = _init_network(card, parent, config.seed)
@@ -127,7 +128,7 @@ def metatrain(tasks: list[Task], card: ModelCard | None, config: ReptileConfig, 
     if config.level == "task" and len(datas) < 2:
         raise InputError("--tasks", "task-level Reptile needs at least two tasks (domains)")
     started = time.perf_counter()
-    curve = reptile_loop(network, card, datas, config, files, processes, resume, stop_after)
+    curve = reptile_loop(network, card, datas, config, files, processes, resume, stop_after, progress, should_stop)
     if stop_after is not None and stop_after < config.steps:
         return curve
     training = {
