@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from metareg.core.geometry import (
     Grid,
     affine_to_field,
@@ -20,6 +19,7 @@ from metareg.core.geometry import (
     regrid_displacement,
     resample_onto,
     resize_displacement,
+    rotation_matrix,
     voxel_displacement_to_physical,
     warp_image,
     warp_tensor,
@@ -30,12 +30,6 @@ from metareg.core.prealign import affine_prealign
 SHIFT_LPS_MM = np.array([3.7, -2.4, 5.1])
 
 
-def rotation(axis, angle_deg) -> np.ndarray:
-    axis = np.asarray(axis, dtype=np.float64)
-    axis /= np.linalg.norm(axis)
-    a = np.deg2rad(angle_deg)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
 
 
 def blobs(points: np.ndarray) -> np.ndarray:
@@ -56,13 +50,13 @@ def analytic_image(grid: Grid, intensity) -> sitk.Image:
 @pytest.fixture(scope="module")
 def oblique_grids():
     """Fixed: 0.8 × 1.0 × 2.5 mm, rotated 25° about an oblique axis. Moving: another grid altogether."""
-    fixed_direction = rotation([1.0, 0.5, -0.3], 25.0)
+    fixed_direction = rotation_matrix([1.0, 0.5, -0.3], 25.0)
     fixed_size = np.array([60, 48, 20])
     fixed_spacing = np.array([0.8, 1.0, 2.5])
     fixed_origin = -fixed_direction @ (fixed_spacing * (fixed_size - 1) / 2) + np.array([1.0, -2.0, 0.5])
     fixed = Grid(tuple(int(s) for s in fixed_size), tuple(fixed_spacing), tuple(fixed_origin),
                  tuple(fixed_direction.ravel()))
-    moving_direction = rotation([0.2, -1.0, 0.4], -15.0)
+    moving_direction = rotation_matrix([0.2, -1.0, 0.4], -15.0)
     moving_size = np.array([44, 40, 36])
     moving_spacing = np.array([1.2, 1.3, 1.5])
     moving_origin = -moving_direction @ (moving_spacing * (moving_size - 1) / 2) + np.array([2.0, 1.0, -1.0])
@@ -169,7 +163,7 @@ def test_known_shift_through_voxel_displacement_field_and_h5(oblique_grids, tmp_
 
 def test_voxel_displacement_channels_follow_tensor_axes():
     """Channel c of a voxel displacement moves along tensor axis c; conversion uses spacing and direction."""
-    direction = rotation([0, 0, 1], 90.0)  # index x runs along LPS y, index y along LPS -x
+    direction = rotation_matrix([0, 0, 1], 90.0)  # index x runs along LPS y, index y along LPS -x
     grid = Grid((10, 8, 6), (0.5, 2.0, 3.0), (0.0, 0.0, 0.0), tuple(direction.ravel()))
     disp = torch.zeros(1, 3, *grid.tensor_shape)
     disp[0, 2] = 1.0  # one voxel along tensor axis 2 = index x (0.5 mm) = +LPS y
@@ -180,6 +174,30 @@ def test_voxel_displacement_channels_follow_tensor_axes():
     one_x = torch.zeros(1, 3, 6, 8, 10)
     one_x[0, 2] = 1.0
     np.testing.assert_allclose(warp_tensor(image, one_x)[0, 0, :, :, :-1], image[0, 0, :, :, 1:], atol=1e-4)
+
+
+def test_warp_tensor_is_differentiable_and_moves_content():
+    """out(p) = image(p + d(p)): a bright voxel lands where the shift says, and the gradient with respect to the
+    displacement is the image's slope there, along each channel's axis (the exact slope of a ramp; autograd against
+    finite differences on a smooth image)."""
+    image = torch.zeros(1, 1, 16, 16)
+    image[0, 0, 8, 8] = 1.0
+    shift = torch.zeros(1, 2, 16, 16)
+    shift[0, 1] = 2.0  # two voxels along tensor axis 1
+    out = warp_tensor(image, shift)
+    assert out[0, 0, 8, 6].item() == pytest.approx(1.0)  # out(p) = image(p + 2 along axis 1)
+    assert out.sum().item() == pytest.approx(1.0)  # moved, not smeared
+    rows, columns = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    ramp = (0.5 * columns - 0.25 * rows)[None, None].double()
+    disp = torch.full((1, 2, 16, 16), 0.3, dtype=torch.float64, requires_grad=True)  # off the kinks of bilinear
+    warp_tensor(ramp, disp)[..., 2:-2, 2:-2].sum().backward()  # inside: no sample reaches the border
+    inside = disp.grad[0, :, 2:-2, 2:-2]
+    torch.testing.assert_close(inside[0], torch.full_like(inside[0], -0.25))  # d out / d d_axis0 = slope along rows
+    torch.testing.assert_close(inside[1], torch.full_like(inside[1], 0.5))  # d out / d d_axis1 = slope along columns
+    generator = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 9, 8, generator=generator, dtype=torch.float64), 3, 1, 1)
+    start = (0.3 + 0.4 * torch.rand(1, 2, 9, 8, generator=generator, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda d: warp_tensor(smooth, d), (start,))
 
 
 @pytest.mark.parametrize("slab_voxels", [None, 50], ids=["one-slab", "slab-by-slab"])
@@ -193,7 +211,7 @@ def test_prealignment_is_composed_into_the_field(oblique_grids, slab_voxels, mon
     fixed_grid, _ = oblique_grids
     fixed = fixed_grid.reference_image()
     affine = sitk.AffineTransform(3)
-    matrix = rotation([0.3, 1.0, 0.2], 8.0) * 1.05
+    matrix = rotation_matrix([0.3, 1.0, 0.2], 8.0) * 1.05
     affine.SetMatrix(tuple(matrix.ravel()))
     affine.SetCenter((1.0, 2.0, 3.0))
     affine.SetTranslation((2.0, -1.0, 4.0))
@@ -222,7 +240,7 @@ def test_affine_prealign_recovers_a_known_affine(sample_dir, upsample):
         reference = model_grid_on_fixed(fixed, size=[n * upsample for n in fixed.GetSize()]).reference_image()
         fixed = sitk.Resample(fixed, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     known = sitk.AffineTransform(3)
-    known.SetMatrix(tuple((rotation([0.4, -0.2, 1.0], 7.0) * 1.03).ravel()))
+    known.SetMatrix(tuple((rotation_matrix([0.4, -0.2, 1.0], 7.0) * 1.03).ravel()))
     known.SetCenter(tuple(Grid.from_image(fixed).center))
     known.SetTranslation((4.0, -3.0, 2.5))
     # moving(y) = fixed(A^-1 y), so fixed point x shows in moving at A(x)
@@ -317,7 +335,7 @@ def test_warp_image_slab_by_slab_equals_one_resample(monkeypatch):
     rng = np.random.default_rng(0)
     moving = sitk.GetImageFromArray(rng.random((30, 40, 50)).astype(np.float32))
     moving.SetSpacing((1.1, 0.9, 1.3))
-    moving.SetDirection(tuple(rotation([0.2, 1.0, 0.3], 20.0).ravel()))
+    moving.SetDirection(tuple(rotation_matrix([0.2, 1.0, 0.3], 20.0).ravel()))
     field = sitk.GetImageFromArray(rng.normal(0.0, 2.0, (25, 33, 41, 3)), isVector=True)
     field.SetSpacing((1.2, 1.0, 1.4))
     field.SetOrigin((-3.0, 2.0, 1.0))
@@ -330,3 +348,13 @@ def test_warp_image_slab_by_slab_equals_one_resample(monkeypatch):
         warped = warp_image(moving, field, kind)
         assert warped.GetSize() == field.GetSize() and warped.GetOrigin() == field.GetOrigin()
         np.testing.assert_array_equal(sitk.GetArrayFromImage(warped), expected)
+
+
+def test_rotation_matrix_is_the_right_handed_rotation_about_its_axis():
+    quarter = rotation_matrix((0, 0, 2), 90)  # the axis need not be a unit vector
+    np.testing.assert_allclose(quarter @ [1, 0, 0], [0, 1, 0], atol=1e-12)  # x → y about +z: right-handed
+    turned = rotation_matrix((1, 2, 3), 30)
+    np.testing.assert_allclose(turned @ turned.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(turned) == pytest.approx(1.0)
+    np.testing.assert_allclose(turned @ np.array([1, 2, 3]), [1, 2, 3], atol=1e-12)  # the axis stays
+    np.testing.assert_allclose(rotation_matrix((1, 2, 3), -30), turned.T, atol=1e-12)

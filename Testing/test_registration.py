@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import save_tiny_model
 from metareg.core import losses
