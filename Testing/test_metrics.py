@@ -7,19 +7,13 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from metareg.core import metrics
 from metareg.core.errors import InputError
+from metareg.core.geometry import rotation_matrix
 
 SPACING_3D = (0.8, 1.0, 2.5)
 
 
-def rotation(axis, degrees: float) -> np.ndarray:
-    """3x3 rotation matrix about ``axis`` (Rodrigues)."""
-    k = np.asarray(axis, dtype=float) / np.linalg.norm(axis)
-    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    angle = np.deg2rad(degrees)
-    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
 
 
 def rotation_2d(degrees: float) -> np.ndarray:
@@ -27,7 +21,7 @@ def rotation_2d(degrees: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]])
 
 
-OBLIQUE_3D = rotation((1, 2, 3), 30)
+OBLIQUE_3D = rotation_matrix((1, 2, 3), 30)
 
 
 def grid(size, spacing, direction, origin=None) -> sitk.Image:
@@ -108,7 +102,7 @@ def test_jacobian_of_shear_is_one():
         ((1.0, 1.0, 1.0), np.eye(3)),
         (SPACING_3D, np.eye(3)),
         (SPACING_3D, OBLIQUE_3D),
-        ((2.0, 0.5, 1.2), rotation((0, 1, 0), 90) @ np.diag([1.0, 1.0, -1.0])),  # improper (reflected) direction
+        ((2.0, 0.5, 1.2), rotation_matrix((0, 1, 0), 90) @ np.diag([1.0, 1.0, -1.0])),  # improper (reflected) direction
     ],
 )
 def test_jacobian_of_linear_field_ignores_grid_geometry(spacing, direction):

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration")
 import slicer  # noqa: E402  (slicer-core: installed by `./run test` through the project's `slicer` extra)
 
 from MetaRegistrationLib import convert, headless  # noqa: E402
-from metareg.core.geometry import field_to_transform, map_points  # noqa: E402
+from metareg.core.geometry import field_to_transform, map_points, rotation_matrix  # noqa: E402
 
 
 @pytest.fixture()
@@ -26,11 +26,6 @@ def scene():
     return app.scene
 
 
-def rotation(axis, degrees):
-    axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
-    a = np.radians(degrees)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
 
 
 def oblique_image(pixel_type=np.int16) -> sitk.Image:
@@ -40,7 +35,7 @@ def oblique_image(pixel_type=np.int16) -> sitk.Image:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((0.8, 1.0, 2.5))
     image.SetOrigin((12.5, -40.25, 7.75))
-    image.SetDirection(tuple(rotation((1, 2, 3), 23).ravel()))
+    image.SetDirection(tuple(rotation_matrix((1, 2, 3), 23).ravel()))
     return image
 
 
@@ -93,7 +88,7 @@ def test_volume_made_in_slicer_converts_to_the_same_physical_points(scene):
 
     node = slicer.util.addVolumeFromArray(np.zeros((4, 5, 6), dtype=np.float32), name="made in slicer")
     matrix = np.eye(4)
-    matrix[:3, :3] = rotation((0, 1, 1), -31) @ np.diag([1.2, 0.7, 3.0])
+    matrix[:3, :3] = rotation_matrix((0, 1, 1), -31) @ np.diag([1.2, 0.7, 3.0])
     matrix[:3, 3] = (-20.0, 15.0, 3.5)
     vtk_matrix = vtk.vtkMatrix4x4()
     for r in range(4):

@@ -199,13 +199,6 @@ def image_to_tensor(image: sitk.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))[None, None]
 
 
-def tensor_to_image(tensor: torch.Tensor | np.ndarray, grid: Grid) -> sitk.Image:
-    """Tensor of spatial shape ``grid.tensor_shape`` (leading singleton axes allowed) → float32 image on ``grid``."""
-    array = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
-    array = array.reshape(grid.tensor_shape).astype(np.float32, copy=False)
-    return grid.apply_to(sitk.GetImageFromArray(array))
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Voxel displacement (torch, model grid)  <->  sampling positions for grid_sample
 # ---------------------------------------------------------------------------------------------------------------------
@@ -381,6 +374,15 @@ def affine_to_field(transform: sitk.Transform, reference: sitk.Image) -> sitk.Im
         points = grid.physical_points(rows)
         field[rows] = points @ matrix.T + offset - points
     return vector_image(field, grid)
+
+
+def rotation_matrix(axis: Sequence[float], angle_deg: float) -> np.ndarray:
+    """The 3×3 right-handed rotation by ``angle_deg`` degrees about ``axis`` (any length; Rodrigues' formula)."""
+    axis = np.asarray(axis, dtype=np.float64)
+    axis = axis / np.linalg.norm(axis)
+    angle = np.deg2rad(angle_deg)
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
 
 
 def identity_field(reference: sitk.Image) -> sitk.Image:

@@ -12,10 +12,9 @@ a network's field (:func:`metareg.core.registration.refinement_config`). Two cho
   the warp's (bi/tri)linear interpolation no longer smooths the image by an amount that depends on the sub-voxel
   position, a bias that pulls similarity optima towards whole-voxel shifts.
 
-Measured: as a network's refinement, brain-mr-3d-test pairs 0-3 went 0.58 (dense) -> 0.40 (B-spline) -> 0.30 mm
-(supersampled). As the method on its own, on training pairs (brain-mr-3d-warp 0-3; fundus-2d-finetune), the dense
-default of (150, 100, 50) steps gave 0.35 mm and 0.43 px, these defaults with (100, 67, 33) steps 0.26 mm and 0.27 px
-in less time.
+Both were chosen on training and development pairs (brain-mr-3d-warp 0-3, fundus-2d-finetune; as refinement,
+brain-mr-3d-test 0-3), where each lowered the TRE against dense per-voxel steps in less time; the iterative method's
+accuracy beside the peers is in ``benchmarks/results/peers-*.md``.
 """
 
 from __future__ import annotations

@@ -23,10 +23,6 @@ MAX_WEIGHT = 1e4
 MAX_NCC_WINDOW = 63
 
 
-def _spatial_dims(x: torch.Tensor) -> int:
-    return x.dim() - 2
-
-
 def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
     """Mean over a ``window``-wide cube around each voxel (zero padding, divided by the full window volume).
 

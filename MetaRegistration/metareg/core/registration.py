@@ -63,9 +63,10 @@ MAX_ADAPT_STEPS = 10_000
 #: The iterative method works on the fixed image's own grid, coarsened isotropically when it has more voxels than this.
 ITERATIVE_MAX_VOXELS = {2: 512 * 512, 3: 128**3}
 #: Refinement's two levels on the iterative method's grid: (shrink factor, B-spline control spacing in that level's
-#: voxels); the first gets :data:`REFINE_FIRST_LEVEL_SHARE` of the steps, the second the rest. Chosen on brain-mr-3d-test pairs 0-3 (brain-mr-3d-reptile, 30 steps): dense per-voxel
-#: steps at half resolution reached 0.58 mm, these B-spline levels 0.40 mm, and with the moving image supersampled
-#: (IterativeConfig.supersample) 0.30 mm.
+#: voxels); the first gets :data:`REFINE_FIRST_LEVEL_SHARE` of the steps, the second the rest. Chosen on
+#: brain-mr-3d-test pairs 0-3 (brain-mr-3d-reptile, 30 steps) over dense per-voxel steps at half resolution, which
+#: left a larger TRE; what the refinement gives each zoo model is in its card's metrics
+#: (``benchmarks/results/zoo-*.json``).
 REFINE_LEVELS = ((2, 2), (1, 4))
 REFINE_FIRST_LEVEL_SHARE = 2 / 3
 

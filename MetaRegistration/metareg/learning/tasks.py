@@ -207,11 +207,6 @@ def adjacent_slice_pairs(volume: sitk.Image, axis: int = 2, step: int = 1, min_f
     return pairs
 
 
-def cine_frame_pairs(frames: Sequence[sitk.Image], step: int = 1) -> list[Pair]:
-    """Consecutive frames of a cine: frame t (fixed) and frame t + step (moving)."""
-    return [Pair(fixed_image=frames[t], moving_image=frames[t + step]) for t in range(len(frames) - step)]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Tensors for training
 # ---------------------------------------------------------------------------------------------------------------------
@@ -221,7 +216,7 @@ class TaskData:
     """A task's pairs prepared on the model grid, cached: ``tensors(i) -> (fixed_t, moving_t)``, each ``(1, 1, *S)``.
 
     Every pair is resampled onto a grid of the card's ``grid`` placed on its fixed image, so all tensors of a task
-    have the same shape (its ``size`` is required for batching) (required for batching). With ``affine=True`` the moving image
+    have the same shape (its ``size`` is required for batching). With ``affine=True`` the moving image
     is first pre-aligned to the fixed one (:func:`metareg.core.prealign.affine_prealign`, once per pair), as
     :func:`metareg.core.registration.register` does for a model whose card says ``"prealign": "affine"``.
     """

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from metareg.app.datasets.archives import DataError
-from metareg.core.geometry import Grid, map_points, warp_image
+from metareg.core.geometry import Grid, map_points, rotation_matrix, warp_image
 from metareg.learning.synthetic import invert_points, random_smooth_field
 
 SLICE_SIZE = (160, 160)  # pixels of every 2D image (x, y)
@@ -25,9 +25,6 @@ BOX_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # LPS; stored a
 FOREGROUND_FRACTION = 0.1  # foreground: above background + 10 % of the (99.5th percentile - background) range
 CT_BODY_HU = -500.0  # CT foreground: above this (soft tissue and bone, not air, lung or foam)
 MIN_SLICE_FOREGROUND = 0.12  # a slice is kept when at least this fraction of its pixels is head/body
-
-
-
 
 
 def smoothed_to(image: sitk.Image, spacing_mm: Sequence[float]) -> sitk.Image:
@@ -174,15 +171,6 @@ def head_box(volume: sitk.Image, size: Sequence[int] = BOX_SIZE, spacing_mm: flo
     return sitk.Resample(smoothed_to(volume, [spacing_mm] * 3), [int(s) for s in size], sitk.Transform(),
                          sitk.sitkLinear, origin.tolist(), [spacing_mm] * 3, list(direction), background,
                          sitk.sitkFloat32)
-
-
-def rotation_matrix(axis: Sequence[float], angle_deg: float) -> np.ndarray:
-    """Right-handed rotation by ``angle_deg`` about ``axis`` (3D, Rodrigues)."""
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
-    angle = math.radians(angle_deg)
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
 
 
 @dataclass(frozen=True)
