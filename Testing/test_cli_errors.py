@@ -21,14 +21,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from conftest import save_tiny_model
 from metareg.app.cli import main
-from metareg.core.modelio import save_model
-from metareg.core.networks import RegistrationNetwork
 
 SIZE_3D, SPACING_3D = (24, 20, 16), (1.2, 0.9, 2.0)
 SIZE_2D, SPACING_2D = (32, 28), (0.8, 1.1)
 FAST = ["--iterations", "2,2"]  # the iterative method's two levels, two steps each: a fraction of a second
-TINY_UNET = {"family": "unet", "dim": 3, "encoder_channels": [4, 4], "decoder_channels": [4, 4, 4]}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -72,10 +70,7 @@ def inputs(tmp_path_factory) -> Path:
     points = [fixed.TransformContinuousIndexToPhysicalPoint(index) for index in ((12, 10, 8), (6, 5, 4), (18, 14, 10))]
     write_points(folder / "fixed_points.csv", ["A", "B", "C"], points)
     write_points(folder / "moving_points.csv", ["A", "B", "C"], [(x + 2.0, y, z) for x, y, z in points])
-    (folder / "model").mkdir()
-    torch.manual_seed(0)
-    card = {"grid": {"size": None, "spacing": None}}
-    save_model(RegistrationNetwork.from_config(TINY_UNET), folder / "model" / "tiny.safetensors", card)
+    save_tiny_model(folder / "model" / "tiny.safetensors", card={"grid": {"size": None, "spacing": None}})
     return folder
 
 

@@ -11,9 +11,9 @@ import pytest
 from metareg.app.cli import main
 from metareg.core.errors import RegistrationWarning
 from metareg.core.landmarks import Landmarks
-from metareg.core.modelio import load_model, save_model
-from metareg.core.networks import RegistrationNetwork
+from metareg.core.modelio import load_model
 from metareg.core.registration import NetworkMethod, register
+from conftest import save_tiny_model
 from test_cli_errors import blobs, write
 
 SIZE, SPACING = (24, 20, 16), (1.2, 0.9, 2.0)
@@ -64,9 +64,7 @@ def test_landmarks_outside_their_image_are_warned_about():
 def test_the_progress_bar_follows_a_long_test_time_adaptation(tmp_path):
     """With 40 adaptation steps the adaptation is most of the work: it gets most of the bar, in equal steps, and
     its share of the bar is near its share of the measured seconds (so the ETA holds)."""
-    network = RegistrationNetwork.from_config({"family": "unet", "dim": 3, "encoder_channels": [4, 4], "decoder_channels": [4, 4, 4]})
-    save_model(network, tmp_path / "tiny.safetensors", {"grid": {"size": [24, 20, 16], "spacing": None}})
-    model = load_model(tmp_path / "tiny.safetensors")
+    model = load_model(save_tiny_model(tmp_path / "tiny.safetensors", card={"grid": {"size": [24, 20, 16], "spacing": None}}))
     fixed, moving = _pair()
     seen: list[tuple[float, str]] = []
     result = register(fixed, moving, method=NetworkMethod(model, adapt_steps=40, refine_steps=0), device="cpu",

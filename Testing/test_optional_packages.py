@@ -58,7 +58,6 @@ BOOTSTRAP = textwrap.dedent("""
 """).format(blocked=BLOCKED)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TINY_2D = {"family": "unet", "dim": 2, "encoder_channels": [4, 8], "decoder_channels": [8, 8, 4]}
 
 
 def run_without_optional_packages(*commands: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
@@ -85,16 +84,11 @@ def test_the_blocker_blocks():
 
 @pytest.fixture()
 def tiny_parent(tmp_path):
-    """A fresh tiny 2D network saved as a model (grid 32×32), the parent of the fine-tuning runs."""
-    import torch
+    """The tiny network as a 2D model (grid 32×32), the parent of the fine-tuning runs."""
+    from conftest import save_tiny_model
 
-    from metareg.core.modelio import save_model
-    from metareg.core.networks import RegistrationNetwork
-
-    torch.manual_seed(0)
-    path = tmp_path / "parent.safetensors"
-    save_model(RegistrationNetwork.from_config(TINY_2D), path, {"purpose": "test parent", "grid": {"size": [32, 32], "spacing": None}})
-    return path
+    return save_tiny_model(tmp_path / "parent.safetensors", dim=2,
+                           card={"purpose": "test parent", "grid": {"size": [32, 32], "spacing": None}})
 
 
 @pytest.fixture()

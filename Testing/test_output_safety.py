@@ -32,16 +32,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
+from conftest import save_tiny_model
 from metareg.app.cli import main
 from metareg.core.imageio import output_files, write_image
-from metareg.core.modelio import load_model, save_model, sha256_of
-from metareg.core.networks import RegistrationNetwork
+from metareg.core.modelio import load_model, sha256_of
 
 SIZE, SPACING = (20, 18, 16), (1.2, 0.9, 2.0)
 FAST = ["--iterations", "2,2"]
-TINY_UNET = {"family": "unet", "dim": 3, "encoder_channels": [4, 4], "decoder_channels": [4, 4, 4]}
 CLI = [sys.executable, "-m", "metareg.app.cli"]
 
 
@@ -76,8 +74,7 @@ def d(tmp_path, monkeypatch) -> Path:
     for name, shift in (("fixed_points.csv", 0.0), ("moving_points.csv", 2.0)):
         rows = "".join(f"{label},{x + shift},{y},{z}\n" for label, (x, y, z) in zip("ABC", points))
         (folder / name).write_text("label,x,y,z\n" + rows)
-    torch.manual_seed(0)
-    save_model(RegistrationNetwork.from_config(TINY_UNET), folder / "tiny.safetensors", {"grid": {"size": [16, 16, 16]}})
+    save_tiny_model(folder / "tiny.safetensors", card={"grid": {"size": [16, 16, 16]}})
     with open(folder / "pairs.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([["fixed", "moving"], ["fixed.nii.gz", "moving.nii.gz"]])
     (folder / "task").mkdir()

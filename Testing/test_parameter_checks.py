@@ -26,14 +26,14 @@ from metareg.app.cli import main
 from metareg.core.errors import InputError, ModelError, ParameterError
 from metareg.core.iterative import IterativeConfig
 from metareg.core.losses import LossConfig
-from metareg.core.modelio import load_model, save_model
-from metareg.core.networks import RegistrationNetwork
+from metareg.core.modelio import load_model
 from metareg.core.registration import NetworkMethod, register
 from metareg.learning.runlog import CHECKPOINT_NAME, RunFiles, save_checkpoint
 from metareg.learning.distributed import Processes
 from metareg.learning.config import TrainConfig
 from metareg.learning.loops import train_loop
-from test_cli_errors import (FAST, TINY_UNET, blobs, empty_zoo, fails_cleanly, inputs, out, pair,  # noqa: F401
+from conftest import save_tiny_model, tiny_network
+from test_cli_errors import (FAST, blobs, empty_zoo, fails_cleanly, inputs, out, pair,  # noqa: F401
                              register_fails, snapshot, write)
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def test_the_zoo_cards_are_authentic():
 # --resume: a checkpoint must exist, be ours, and continue the same parent
 # ---------------------------------------------------------------------------------------------------------------------
 
-TINY_2D = {"family": "unet", "dim": 2, "encoder_channels": [4, 4], "decoder_channels": [4, 4, 4]}
+TINY_2D = tiny_network(dim=2).to_config()
 
 
 @pytest.fixture
@@ -243,7 +243,7 @@ def _card(parent_sha: str | None = None) -> ModelCard:
 def test_resume_without_a_checkpoint_is_refused(task_data, tmp_path):
     files = RunFiles(tmp_path / "run.safetensors")
     with pytest.raises(InputError, match=r"^--resume .*last.pt: there is no checkpoint to resume"):
-        train_loop(RegistrationNetwork.from_config(TINY_2D), _card(), task_data, TrainConfig(steps=2, batch_size=1), files,
+        train_loop(tiny_network(dim=2), _card(), task_data, TrainConfig(steps=2, batch_size=1), files,
                    Processes(), resume=True)
     assert not files.checkpoint_dir.exists() and not files.log.exists()
 
@@ -251,10 +251,10 @@ def test_resume_without_a_checkpoint_is_refused(task_data, tmp_path):
 def test_resume_from_another_parent_is_refused(task_data, tmp_path):
     files = RunFiles(tmp_path / "run.safetensors")
     config = TrainConfig(steps=4, batch_size=1, checkpoint_every=1)
-    train_loop(RegistrationNetwork.from_config(TINY_2D), _card("a" * 64), task_data, config, files, Processes(), stop_after=2)
+    train_loop(tiny_network(dim=2), _card("a" * 64), task_data, config, files, Processes(), stop_after=2)
     with pytest.raises(InputError, match="continues a run from another parent model"):
-        train_loop(RegistrationNetwork.from_config(TINY_2D), _card("b" * 64), task_data, config, files, Processes(), resume=True)
-    assert len(train_loop(RegistrationNetwork.from_config(TINY_2D), _card("a" * 64), task_data, config, files, Processes(),
+        train_loop(tiny_network(dim=2), _card("b" * 64), task_data, config, files, Processes(), resume=True)
+    assert len(train_loop(tiny_network(dim=2), _card("a" * 64), task_data, config, files, Processes(),
                           resume=True)) == 4
 
 
@@ -268,7 +268,7 @@ def test_a_damaged_or_foreign_checkpoint_is_refused(content, task_data, tmp_path
         files.checkpoint.write_bytes(content)
     before = files.checkpoint.read_bytes()
     with pytest.raises(InputError, match="is not a readable training checkpoint"):
-        train_loop(RegistrationNetwork.from_config(TINY_2D), _card(), task_data, TrainConfig(steps=2, batch_size=1), files,
+        train_loop(tiny_network(dim=2), _card(), task_data, TrainConfig(steps=2, batch_size=1), files,
                    Processes(), resume=True)
     assert files.checkpoint.read_bytes() == before  # left for the user to look at
 
@@ -352,5 +352,5 @@ def test_a_card_saved_from_a_dict_is_checked(tmp_path):
     folder = tmp_path / "models"
     folder.mkdir()
     with pytest.raises(ModelError, match="refinement.steps: must be >= 0, got -1"):
-        save_model(RegistrationNetwork.from_config(TINY_UNET), folder / "m.safetensors", {"refinement": {"steps": -1}})
+        save_tiny_model(folder / "m.safetensors", card={"refinement": {"steps": -1}})
     assert list(folder.iterdir()) == []

@@ -7,23 +7,21 @@ The geometry tests use an in-plane rotated, anisotropic 2D grid (0.7 × 1.9 mm, 
 """
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration"))
+import slicer  # slicer-core, installed by `./run test` through the project's `slicer` extra
+import vtk
 
-import slicer  # noqa: E402  (slicer-core: installed by `./run test` through the project's `slicer` extra)
-import vtk  # noqa: E402
+from MetaRegistrationLib import convert, headless, logic, outputs, sampledata, views
+from metareg.core import metrics
+from metareg.core.geometry import Grid, map_points, vector_image
+from metareg.core.modelio import read_index
 
-from MetaRegistrationLib import convert, headless, logic, outputs, sampledata, views  # noqa: E402
-from metareg.core import metrics  # noqa: E402
-from metareg.core.geometry import Grid, map_points, vector_image  # noqa: E402
-from metareg.core.modelio import read_index  # noqa: E402
+pytestmark = pytest.mark.slicer
 
 FAST = logic.RegistrationSettings(iterations=(40, 20, 10), checkerboard_squares=6)
 SLICE = convert.SliceGeometry(axis=2, z_lps=4.5, thickness=2.5, normal_sign=-1.0)

@@ -8,7 +8,6 @@ Set ``METAREG_SCREENSHOTS=DIR`` to keep the rendered PNGs in DIR (how Resources/
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -16,12 +15,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration"))
+import slicer  # slicer-core, installed by `./run test` through the project's `slicer` extra
 
-import slicer  # noqa: E402  (slicer-core: installed by `./run test` through the project's `slicer` extra)
+from MetaRegistrationLib import convert, headless, logic, outputs, sampledata, views
+from metareg.core import metrics
 
-from MetaRegistrationLib import convert, headless, logic, outputs, sampledata, views  # noqa: E402
-from metareg.core import metrics  # noqa: E402
+pytestmark = pytest.mark.slicer
 
 FAST = logic.RegistrationSettings(iterations=(40, 20, 10), checkerboard_squares=6)
 SEGMENTS = ("tissue", "bright")
@@ -429,13 +428,11 @@ def test_landmarks_view_shows_fixed_and_registered_landmarks(brain3d_run, screen
 def test_a_network_model_file_with_adaptation_steps_runs_through_the_logic(brain3d_run, tmp_path):
     """A tiny (untrained) 3D network from a .safetensors file, adapted for 3 steps: the Logic loads it by path, the
     outputs come out on the fixed grid, and the loss curve is the adaptation's."""
-    from metareg.core.modelio import save_model
-    from metareg.core.networks import RegistrationNetwork
+    from conftest import save_tiny_model
 
-    network = RegistrationNetwork.from_config({"family": "unet", "dim": 3, "encoder_channels": [4, 4], "decoder_channels": [4, 4, 4]})
     card = {"purpose": "test", "grid": {"size": [32, 32, 32], "spacing": None}, "loss": {"similarity": "lncc"},
             "normalisation": {"method": "percentile", "low": 1.0, "high": 99.0}}
-    save_model(network, tmp_path / "tiny3d.safetensors", card)
+    save_tiny_model(tmp_path / "tiny3d.safetensors", card=card)
     inputs = brain3d_run["inputs"]
     settings = logic.RegistrationSettings(model=str(tmp_path / "tiny3d.safetensors"), adapt_steps=3, device="cpu")
     out = logic.MetaRegistrationLogic(brain3d_run["scene"]).run(

@@ -4,19 +4,16 @@ The geometry tests use an oblique, anisotropic grid (0.8 × 1.0 × 2.5 mm, rotat
 LPS and RAS, or of spacing and direction shows up.
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration"))
+import slicer  # slicer-core, installed by `./run test` through the project's `slicer` extra
 
-import slicer  # noqa: E402  (slicer-core: installed by `./run test` through the project's `slicer` extra)
+from MetaRegistrationLib import convert, headless
+from metareg.core.geometry import field_to_transform, map_points, rotation_matrix
 
-from MetaRegistrationLib import convert, headless  # noqa: E402
-from metareg.core.geometry import field_to_transform, map_points, rotation_matrix  # noqa: E402
+pytestmark = pytest.mark.slicer
 
 
 @pytest.fixture()

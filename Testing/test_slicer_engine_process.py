@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration"))
+import slicer
 
-import slicer  # noqa: E402
+from MetaRegistrationLib import headless, jobs, logic, sampledata
+from test_slicer_brain3d import node_checksum, node_ids
 
-from MetaRegistrationLib import headless, jobs, logic, sampledata  # noqa: E402
-from test_slicer_brain3d import node_checksum, node_ids  # noqa: E402
+pytestmark = pytest.mark.slicer
 
 #: fast iterative settings for the brain3d pair (a few seconds on an idle CPU)
 FAST = logic.RegistrationSettings(iterations=(40, 20, 10))
@@ -93,19 +93,27 @@ def hold_gil_and_poll(job, period_us: int = 100_000) -> None:
 # The GIL test
 
 
-def test_registration_runs_at_full_speed_while_the_main_thread_holds_the_gil(brain3d):
+@pytest.fixture(scope="module")
+def free_run(brain3d):
+    """One FAST job on the pair with landmarks, waited for with a free main thread: the GIL test's reference time
+    and the success test's job (one registration for both). What the job's folder held at the start is kept."""
     scene, data = brain3d
-    lib = logic.MetaRegistrationLogic(scene)
     ids = node_ids(scene)
+    started = time.perf_counter()
+    job = logic.MetaRegistrationLogic(scene).start(pair_inputs(data, landmarks=True), FAST)
+    folder = job.folder
+    at_start = {"folder_was_there": folder.is_dir(), "job_json": json.loads((folder / "job.json").read_text())}
+    assert job.wait(300)
+    return dict(job=job, seconds=time.perf_counter() - started, ids=ids, folder=folder, **at_start)
 
-    free_started = time.perf_counter()
-    free = lib.start(pair_inputs(data), FAST)
-    assert free.wait(300)
-    free_seconds = time.perf_counter() - free_started
+
+def test_registration_runs_at_full_speed_while_the_main_thread_holds_the_gil(brain3d, free_run):
+    scene, data = brain3d
+    free, free_seconds = free_run["job"], free_run["seconds"]
     assert free.error is None, free.error_details
 
     held_started = time.perf_counter()
-    held = lib.start(pair_inputs(data), FAST)
+    held = logic.MetaRegistrationLogic(scene).start(pair_inputs(data, landmarks=True), FAST)
     hold_gil_and_poll(held)
     held_seconds = time.perf_counter() - held_started
     assert held.error is None, held.error_details
@@ -115,20 +123,19 @@ def test_registration_runs_at_full_speed_while_the_main_thread_holds_the_gil(bra
     assert ratio <= 1.5, f"with the main thread holding the GIL the run took {ratio:.2f}x as long"
     # the same registration both times
     assert held.result.report["ncc_after"] == pytest.approx(free.result.report["ncc_after"], abs=1e-6)
-    assert node_ids(scene) == ids  # nothing is added before finish()
+    assert node_ids(scene) == free_run["ids"]  # nothing is added before finish()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Success: outputs read back, the folder removed, the engine's identity
 
 
-def test_a_successful_job_reads_its_outputs_back_and_removes_its_folder(brain3d):
+def test_a_successful_job_reads_its_outputs_back_and_removes_its_folder(brain3d, free_run):
     scene, data = brain3d
     lib = logic.MetaRegistrationLogic(scene)
-    job = lib.start(pair_inputs(data, landmarks=True), FAST)
-    folder = job.folder
-    assert folder.is_dir() and json.loads((folder / "job.json").read_text())["command"] == "register"
-    assert job.wait(300) and job.error is None, job.error_details
+    job, folder = free_run["job"], free_run["folder"]
+    assert free_run["folder_was_there"] and free_run["job_json"]["command"] == "register"
+    assert job.done and job.error is None, job.error_details
     assert not folder.exists()
     assert job.engine["path"] == str((jobs.engine_folder() / "metareg").resolve())
     assert job.result.field.GetSize() == data.fixed_volume.GetImageData().GetDimensions()
@@ -271,8 +278,8 @@ def test_stop_all_ends_every_running_worker(brain3d):
     scene, data = brain3d
     lib = logic.MetaRegistrationLogic(scene)
     running = [lib.start(pair_inputs(data), SLOW) for _ in range(2)]
-    for job in running:
-        wait_for(lambda job=job: job.engine, 120)
+    for job in running:  # both workers have started the engine (polling reads their "start" line) and still run
+        assert wait_for(lambda job=job: job.done or job.engine, 120) and not job.done, job.error
     assert set(jobs.running_jobs()) >= set(running)
     started = time.perf_counter()
     jobs.stop_all()

@@ -5,30 +5,20 @@ A few steps of a tiny network on a coarse grid, so each run takes seconds.
 """
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration"))
+from conftest import save_tiny_model
+from MetaRegistrationLib import convert, finetune, headless, logic, sampledata
+from test_slicer_brain3d import node_checksum, node_ids
 
-from MetaRegistrationLib import convert, finetune, headless, logic, sampledata  # noqa: E402
-from test_slicer_brain3d import node_checksum, node_ids  # noqa: E402
-
-TINY = {"family": "unet", "dim": 3, "encoder_channels": [4, 8], "decoder_channels": [8, 8, 4]}
+pytestmark = pytest.mark.slicer
 
 
 @pytest.fixture(scope="module")
 def parent_model(tmp_path_factory):
-    from metareg.core.modelio import save_model
-    from metareg.core.networks import RegistrationNetwork
-
-    import torch
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("zoo") / "tiny3d.safetensors"
-    save_model(RegistrationNetwork.from_config(TINY), path, {"purpose": "test parent", "grid": {"size": [32, 40, 32], "spacing": None}})
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("zoo") / "tiny3d.safetensors",
+                           card={"purpose": "test parent", "grid": {"size": [32, 40, 32], "spacing": None}})
 
 
 @pytest.fixture()

@@ -8,19 +8,17 @@ Expected numbers come from the engine's own field (the one the worker wrote, rea
 
 import hashlib
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration"))
+import slicer  # slicer-core, installed by `./run test` through the project's `slicer` extra
 
-import slicer  # noqa: E402  (slicer-core: installed by `./run test` through the project's `slicer` extra)
+from MetaRegistrationLib import convert, headless, landmarkwatch, logic, outputs, sampledata, views
+from metareg.core.geometry import map_points
 
-from MetaRegistrationLib import convert, headless, landmarkwatch, logic, outputs, sampledata, views  # noqa: E402
-from metareg.core.geometry import map_points  # noqa: E402
+pytestmark = pytest.mark.slicer
 
 FAST = logic.RegistrationSettings(iterations=(40, 20, 10), checkerboard_squares=6)
 SHIFT_RAS = np.array([3.0, 0.0, 0.0])  # the known move of a moving landmark: 3 mm to the right

@@ -14,13 +14,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-MODULE = REPO / "MetaRegistration" / "MetaRegistration.py"
-UI = REPO / "MetaRegistration" / "Resources" / "UI" / "MetaRegistration.ui"
-sys.path.insert(0, str(REPO / "MetaRegistration"))
-
-import MetaRegistrationLib.logic  # noqa: E402
-from MetaRegistrationLib import (  # noqa: E402
+import MetaRegistrationLib.logic
+from MetaRegistrationLib import (
     convert,
     dependencies,
     finetune,
@@ -31,6 +26,12 @@ from MetaRegistrationLib import (  # noqa: E402
     selftest,
     views,
 )
+
+pytestmark = pytest.mark.slicer
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE = REPO / "MetaRegistration" / "MetaRegistration.py"
+UI = REPO / "MetaRegistration" / "Resources" / "UI" / "MetaRegistration.ui"
 
 QT_CLASSES = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QSpinBox", "QCheckBox", "QProgressBar",
               "QFormLayout", "QVBoxLayout", "QHBoxLayout"}

@@ -1,11 +1,10 @@
 """The module's self-test body (MetaRegistrationLib.selftest), run here on slicer-core exactly as Slicer runs it."""
 
-import sys
-from pathlib import Path
+import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MetaRegistration"))
+from MetaRegistrationLib import headless, logic, selftest
 
-from MetaRegistrationLib import headless, logic, selftest  # noqa: E402
+pytestmark = pytest.mark.slicer
 
 
 def test_self_test_body_passes_on_slicer_core():
@@ -22,16 +21,13 @@ def test_self_test_uses_the_smallest_3d_zoo_model_when_there_is_one(tmp_path):
     it for a few steps (no registration here)."""
     import json
 
-    from metareg.core.modelio import save_model
-    from metareg.core.networks import RegistrationNetwork
+    from conftest import save_tiny_model
 
     assert selftest.self_test_settings(tmp_path).model == logic.ITERATIVE  # no index: iterative method
     entries = []
     for name, channels in (("big-3d", [16, 16]), ("small-3d", [4, 4]), ("tiny-2d", [2, 2]), ("tiny-t2-3d", [2, 2])):
         dim = 2 if name.endswith("2d") else 3
-        network = RegistrationNetwork.from_config({"family": "unet", "dim": dim, "encoder_channels": channels,
-                                 "decoder_channels": channels + [channels[-1]]})
-        save_model(network, tmp_path / f"{name}.safetensors", {"purpose": f"{name} test model"})
+        save_tiny_model(tmp_path / f"{name}.safetensors", dim, {"purpose": f"{name} test model"}, channels=channels)
         entries.append({"name": name, "file": f"{name}.safetensors", "dimension": dim, "purpose": "test",
                         "modality": "MR T1w (fixed) / T2w (moving)" if "t2" in name else "MR T1w"})
     (tmp_path / "index.json").write_text(json.dumps({"models": entries}))
