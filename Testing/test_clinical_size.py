@@ -90,6 +90,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_registration_too_large_for_the_memory_limit_is_refused_before_the_work(tmp_path):
     """A real limit (address space 300 MB above what the process uses: room to read the two 52 MB inputs) and a
     256×256×200 pair: refused before any work, with the memory needed and available; nothing written."""
@@ -111,6 +112,7 @@ def test_a_registration_too_large_for_the_memory_limit_is_refused_before_the_wor
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_clinical_size_benchmark_quick_mode_writes_a_sane_table(tmp_path):
     """benchmarks/clinical_size.py --quick as a user runs it (small stand-ins of both sizes): every row registered
     (the known warp's TRE falls), memory measured and estimated. No timing is asserted."""

@@ -33,6 +33,7 @@ def holds_lock_file(pid: int) -> bool:
     return any("metareg-output-locks" in link for link in links)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc to see the waiting process")
 def test_a_run_waits_for_another_run_writing_the_same_outputs_then_writes_its_whole_set(tmp_path):
     fixed, moving = SAMPLE / "brain2d_fixed.nii.gz", SAMPLE / "brain2d_moving.nii.gz"

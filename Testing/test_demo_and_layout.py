@@ -7,12 +7,14 @@ import re
 
 import matplotlib.image
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from conftest import REPO
 from metareg.app.demo import main as demo_main
 
 
+@pytest.mark.slow
 def test_demo_writes_every_output_and_a_report_with_its_panels(tmp_path, capsys):
     out = tmp_path / "demo"
     assert demo_main(["--pair", "brain2d", "--output", str(out), "--device", "cpu"]) == 0
@@ -46,6 +48,7 @@ def test_demo_writes_every_output_and_a_report_with_its_panels(tmp_path, capsys)
     assert np.abs(jacobian_tile[..., 0] - jacobian_tile[..., 2]).max() > 0.1
 
 
+@pytest.mark.slow
 def test_the_default_demo_registers_the_3d_pair_with_the_zoo(tmp_path, capsys):
     """`./run demo` with no options: the 3D brain pair, the zoo's 3D network with its card's affine step and refinement."""
     out = tmp_path / "demo3d"

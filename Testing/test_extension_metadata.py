@@ -382,6 +382,7 @@ def _configure(tmp_path: Path, version: str) -> subprocess.CompletedProcess:
 needs_cmake = pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not on the PATH")
 
 
+@pytest.mark.slow
 @needs_cmake
 def test_cmake_builds_and_installs_the_module_layout(tmp_path, module_cmake):
     configured = _configure(tmp_path, MINIMUM_SLICER_VERSION)

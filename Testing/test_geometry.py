@@ -231,6 +231,7 @@ def test_prealignment_is_composed_into_the_field(oblique_grids, slab_voxels, mon
     np.testing.assert_allclose(sitk.GetArrayFromImage(zero), expected_zero - points, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("upsample", [1, 2], ids=["as-is", "8x-the-voxels"])
 def test_affine_prealign_recovers_a_known_affine(sample_dir, upsample):
     """A real brain moved by a known rotation + shift + mild scaling: the pre-alignment finds it to < 0.5 mm; also at

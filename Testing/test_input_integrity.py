@@ -301,6 +301,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_out_of_memory_while_registering_is_one_line(tmp_path):
     """torch cannot allocate the pyramid of a 160^3 pair under an address-space limit, the up-front estimate having
     missed it (metareg.core.memory refuses such a pair before the work otherwise: test_clinical_size.py): one line,

@@ -96,6 +96,7 @@ def evaluation_loss(network, task_datas, samples: int = 12) -> float:
     return total / samples
 
 
+@pytest.mark.slow
 def test_pretraining_lowers_the_loss(task_root, tmp_path):
     network = fresh_network()
     task_datas = datas(task_root, "brain-t1", "brain-t2")
@@ -189,6 +190,7 @@ def test_one_meta_step_moves_the_weights_toward_the_mean_of_the_adapted_ones(tas
     assert any(not torch.equal(p, q) for p, q in zip(network.parameters(), start.parameters()))
 
 
+@pytest.mark.slow
 def test_finetuning_from_a_meta_trained_start_is_faster_than_from_scratch(task_root, tmp_path):
     """On a held-out task, the meta-trained start is at least as good at step 0 as scratch after N steps, and
     better after the same N steps."""
@@ -239,6 +241,7 @@ torch.save({{"pretrained": pretrained, "meta": network.state_dict()}}, out / f"r
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(task_root, tmp_path):
     script = tmp_path / "run_training.py"
     script.write_text(DISTRIBUTED_SCRIPT.format(testing=str(Path(__file__).parent)))
@@ -270,6 +273,7 @@ def read_log(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_a_terminated_training_says_what_it_kept(task_root, tmp_path):
     """SIGTERM mid-run: exit 143, no model, and one line naming the checkpoint that --resume continues from."""
     out = tmp_path / "stopped.safetensors"
@@ -289,6 +293,7 @@ def test_a_terminated_training_says_what_it_kept(task_root, tmp_path):
     assert not out.exists() and checkpoint.is_file()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_continues_its_loss_curve(task_root, tmp_path):
     steps = 80
     reference = tmp_path / "reference.safetensors"
@@ -338,6 +343,7 @@ def test_a_resumed_run_may_change_its_length_but_not_its_settings(task_root, tmp
         train_loop(fresh_network(), SPEC, task_datas, other, files, Processes(), resume=True)
 
 
+@pytest.mark.slow
 def test_finetune_card_names_parent_data_steps_and_curve(task_root, tmp_path):
     base = [sys.executable, "-m", "metareg.app.cli"]
     parent = tmp_path / "parent.safetensors"

@@ -98,6 +98,7 @@ def pairs_csv(tmp_path, sample_dir):
     return path
 
 
+@pytest.mark.slow
 def test_finetuning_without_tqdm_and_matplotlib_saves_the_model(tiny_parent, pairs_csv, tmp_path):
     child = tmp_path / "child.safetensors"
     done = run_without_optional_packages(
@@ -113,6 +114,7 @@ def test_finetuning_without_tqdm_and_matplotlib_saves_the_model(tiny_parent, pai
     assert "matplotlib" in done.stderr and "child.loss.png" in done.stderr
 
 
+@pytest.mark.slow
 def test_registering_and_evaluating_without_tqdm_and_matplotlib(sample_dir, pairs_csv, tmp_path):
     """`metareg register` and `metareg evaluate` with their progress bars on (no --quiet)."""
     warped, report, rows = tmp_path / "warped.nii.gz", tmp_path / "report.json", tmp_path / "rows.csv"

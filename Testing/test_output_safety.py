@@ -294,6 +294,7 @@ def noisy(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option, name, expected", [
     ("--warped", "warped.nii.gz", "the file written is not the whole image (** ERROR: NWAD: wrote only"),
     ("--warped", "warped.nii", "the file written is not the whole image"),
@@ -379,6 +380,7 @@ def test_each_format_writes_only_the_files_it_is_known_to(name, compress, tmp_pa
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_outputs_are_written_rolls_them_back(tmp_path, out):
     """SIGTERM arrives once the first output has replaced the previous one and the others are being written: the
     run ends with 143 and the folder is as before, the previous outputs back in place."""
@@ -426,6 +428,7 @@ def test_scratch_folders_of_dead_runs_are_removed_on_the_next_run(d, out, capsys
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_command_starts_prints_one_line(d, out):
     """SIGINT while ``metareg`` still imports torch and SimpleITK: one line, status 130, nothing written. The
     command is the installed console script, as a user runs it; the signal goes at several moments of the start."""

@@ -316,6 +316,7 @@ def brain2d_run():
     return dict(scene=scene, inputs=inputs, outputs=result, seconds=time.perf_counter() - started)
 
 
+@pytest.mark.slow
 def test_2d_outputs_are_single_slice_volumes_on_the_fixed_grid(brain2d_run):
     out, inputs = brain2d_run["outputs"], brain2d_run["inputs"]
     fixed = inputs.fixed_volume
@@ -331,12 +332,14 @@ def test_2d_outputs_are_single_slice_volumes_on_the_fixed_grid(brain2d_run):
     print(f"brain2d iterative through the Logic: {brain2d_run['seconds']:.1f} s; {out.results_line}")
 
 
+@pytest.mark.slow
 def test_2d_registration_improves_the_pair(brain2d_run):
     report = brain2d_run["outputs"].report
     assert report["ncc_after"] > report["ncc_before"] + 0.03, (report["ncc_before"], report["ncc_after"])
     assert report["folding_fraction"] < 1e-3
 
 
+@pytest.mark.slow
 def test_hardening_the_transform_on_a_clone_of_the_2d_moving_volume_gives_the_warped_volume(brain2d_run):
     scene, inputs, out = brain2d_run["scene"], brain2d_run["inputs"], brain2d_run["outputs"]
     clone = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "moving clone")
@@ -355,6 +358,7 @@ def test_hardening_the_transform_on_a_clone_of_the_2d_moving_volume_gives_the_wa
     scene.RemoveNode(clone)
 
 
+@pytest.mark.slow
 def test_2d_tre_table_is_the_engine_tre_and_registered_landmarks_lie_on_the_slice(brain2d_run):
     scene, inputs, out = brain2d_run["scene"], brain2d_run["inputs"], brain2d_run["outputs"]
     table = out.tre_table.GetTable()
@@ -387,6 +391,7 @@ def test_2d_tre_table_is_the_engine_tre_and_registered_landmarks_lie_on_the_slic
     scene.RemoveNode(clone)
 
 
+@pytest.mark.slow
 def test_moving_a_2d_landmark_updates_the_tre_table_in_the_slice_plane(brain2d_run):
     """The landmark watcher on a 2D run: a moving landmark moved 2 mm along A gets the TRE of the fixed landmark
     mapped by the transform (VTK's transform from parent, an independent path) against its new place, in the plane."""
@@ -417,6 +422,7 @@ def test_moving_a_2d_landmark_updates_the_tre_table_in_the_slice_plane(brain2d_r
         scene.RemoveNode(moving_points)
 
 
+@pytest.mark.slow
 def test_checkerboard_of_a_2d_run_can_be_recomputed(brain2d_run):
     out, inputs = brain2d_run["outputs"], brain2d_run["inputs"]
     outputs.update_checkerboard(out, inputs.fixed_volume, 3)
@@ -425,6 +431,7 @@ def test_checkerboard_of_a_2d_run_can_be_recomputed(brain2d_run):
     assert out.checkerboard_volume.GetAttribute("MetaRegistration.checkerboardSquares") == "3"
 
 
+@pytest.mark.slow
 def test_2d_landmarks_off_the_slice_are_refused_by_the_logic(brain2d_run):
     scene, inputs = brain2d_run["scene"], brain2d_run["inputs"]
     fixed_points, moving_points = landmark_nodes(scene, slice_s=0.0)
@@ -441,6 +448,7 @@ def zoo_2d_model() -> str | None:
     return "multidomain-2d-reptile" if "multidomain-2d-reptile" in names else (names[0] if names else None)
 
 
+@pytest.mark.slow
 def test_2d_zoo_model_registers_single_slices_through_the_logic(brain2d_run):
     model = zoo_2d_model()
     if model is None:
@@ -459,6 +467,7 @@ def test_2d_zoo_model_registers_single_slices_through_the_logic(brain2d_run):
     print(f"brain2d {model} through the Logic: {seconds:.1f} s; {out.results_line}")
 
 
+@pytest.mark.slow
 def test_the_checks_show_the_2d_run_in_the_axial_view(brain2d_run):
     """Slicer's Red (axial) view shows the single slices: the overlay's anatomy, the Jacobian's colours, the fixed and
     registered landmarks (rendered offscreen)."""
@@ -480,6 +489,7 @@ def test_the_checks_show_the_2d_run_in_the_axial_view(brain2d_run):
     assert np.sum((r > 200) & (g > 160) & (b < 90)) > 10  # the registered landmarks (yellow) on the slice
 
 
+@pytest.mark.slow
 def test_a_2d_run_is_recognised_for_the_one_up_axial_layout(brain2d_run):
     assert views.is_2d(brain2d_run["outputs"])
     layout = brain2d_run["scene"].GetFirstNodeByClass("vtkMRMLLayoutNode")

@@ -20,7 +20,7 @@ import slicer  # slicer-core, installed by `./run test` through the project's `s
 from MetaRegistrationLib import convert, headless, logic, outputs, sampledata, views
 from metareg.core import metrics
 
-pytestmark = pytest.mark.slicer
+pytestmark = [pytest.mark.slicer, pytest.mark.slow]  # every test needs a registration in the engine process
 
 FAST = logic.RegistrationSettings(iterations=(40, 20, 10), checkerboard_squares=6)
 SEGMENTS = ("tissue", "bright")

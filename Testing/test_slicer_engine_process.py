@@ -28,7 +28,7 @@ import slicer
 from MetaRegistrationLib import headless, jobs, logic, sampledata
 from test_slicer_brain3d import node_checksum, node_ids
 
-pytestmark = pytest.mark.slicer
+pytestmark = [pytest.mark.slicer, pytest.mark.slow]  # every test starts the engine process
 
 #: fast iterative settings for the brain3d pair (a few seconds on an idle CPU)
 FAST = logic.RegistrationSettings(iterations=(40, 20, 10))

@@ -32,6 +32,7 @@ def scene_volumes(sample_dir):
         scene.RemoveNode(node)
 
 
+@pytest.mark.slow
 def test_adapting_a_model_to_scene_volumes_saves_a_new_model_with_its_card(scene_volumes, parent_model, tmp_path):
     from metareg.core.modelio import load_model, sha256_of
 
@@ -72,6 +73,7 @@ def test_adapting_a_model_to_scene_volumes_saves_a_new_model_with_its_card(scene
     assert json.loads(again.with_suffix(".json").read_text())["training"]["parent"]["sha256"] == sha256_of(path)
 
 
+@pytest.mark.slow
 def test_adapting_to_a_pairs_csv(parent_model, sample_dir, tmp_path):
     csv = tmp_path / "pairs.csv"
     csv.write_text(f"fixed,moving\n{sample_dir / 'brain3d_fixed_T1.nii.gz'},{sample_dir / 'brain3d_moving_T2.nii.gz'}\n")
@@ -83,6 +85,7 @@ def test_adapting_to_a_pairs_csv(parent_model, sample_dir, tmp_path):
     assert path.stem.startswith("tiny3d-adapted-") and card["training"]["tasks"][0]["name"] == "pairs"
 
 
+@pytest.mark.slow
 def test_cancel_leaves_no_model_and_the_scene_unchanged(scene_volumes, parent_model, tmp_path):
     """Cancel mid-training: within 2 s the worker is gone, its temporary folder too, no model file is written."""
     import time
@@ -113,6 +116,7 @@ def test_cancel_leaves_no_model_and_the_scene_unchanged(scene_volumes, parent_mo
     assert {node.GetID(): node_checksum(node) for node in [fixed, *moving]} == before
 
 
+@pytest.mark.slow
 def test_fine_tuning_goes_on_across_a_scene_close(scene_volumes, parent_model, tmp_path):
     """It reads only copies: removing the volumes it was started from changes nothing."""
     scene, fixed, moving = scene_volumes

@@ -18,7 +18,7 @@ import slicer  # slicer-core, installed by `./run test` through the project's `s
 from MetaRegistrationLib import convert, headless, landmarkwatch, logic, outputs, sampledata, views
 from metareg.core.geometry import map_points
 
-pytestmark = pytest.mark.slicer
+pytestmark = [pytest.mark.slicer, pytest.mark.slow]  # every test needs a registration in the engine process
 
 FAST = logic.RegistrationSettings(iterations=(40, 20, 10), checkerboard_squares=6)
 SHIFT_RAS = np.array([3.0, 0.0, 0.0])  # the known move of a moving landmark: 3 mm to the right

@@ -7,6 +7,7 @@ from MetaRegistrationLib import headless, logic, selftest
 pytestmark = pytest.mark.slicer
 
 
+@pytest.mark.slow
 def test_self_test_body_passes_on_slicer_core():
     headless.get_app()
     headless.clear_scene()

@@ -51,6 +51,7 @@ def test_each_card_says_how_it_was_made_and_how_well_it_does(entry):
     assert "elastix affine+bspline" in methods  # measured in the same run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
 def test_each_model_registers_its_sample_pair(entry, sample_dir):
     """2D models: the 2D sample pair (NCC must rise). 3D models: the 3D brain sample pair with its 32 AFIDs, T1 or
