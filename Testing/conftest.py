@@ -96,7 +96,7 @@ def run_benchmark(name: str, *arguments: str, check: bool = True, timeout: float
     output captured as text. With ``check``, a non-zero exit status fails the test with the end of its output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *arguments], cwd=REPO, env=env,
-                          capture_output=True, text=True, encoding="utf-8", timeout=timeout)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout)
     if check and done.returncode != 0:
         pytest.fail(f"benchmarks.{name} {' '.join(arguments)} failed (exit status {done.returncode}):\n"
                     f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}", pytrace=False)

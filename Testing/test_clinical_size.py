@@ -112,20 +112,16 @@ def test_a_registration_too_large_for_the_memory_limit_is_refused_before_the_wor
     assert list(out.iterdir()) == []
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_the_clinical_size_benchmark_quick_mode_writes_a_sane_table(tmp_path):
-    """benchmarks/clinical_size.py --quick as a user runs it (small stand-ins of both sizes): every row registered
-    (the known warp's TRE falls), memory measured and estimated. No timing is asserted."""
+    """python -m benchmarks.clinical_size --quick as a user runs it (small stand-ins of both sizes): every row
+    registered (the known warp's TRE falls), memory measured and estimated. No timing is asserted."""
     import csv
     import json
-    import os
 
-    from conftest import REPO
+    from conftest import run_benchmark
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "clinical_size.py"), "--quick", "--threads", "1",
-                           "--out-dir", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run_benchmark("clinical_size", "--quick", "--threads", "1", "--out-dir", str(tmp_path))
     rows = json.loads((tmp_path / "clinical-size-quick.json").read_text())["rows"]
     assert [(row["pair"], row["method"]) for row in rows] == [
         (pair, method) for pair in ("ct-sized-quick", "brain-2.4mm")

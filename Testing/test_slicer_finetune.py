@@ -75,14 +75,28 @@ def test_adapting_a_model_to_scene_volumes_saves_a_new_model_with_its_card(scene
 
 @pytest.mark.slow
 def test_adapting_to_a_pairs_csv(parent_model, sample_dir, tmp_path):
+    """Fine-tuning on the pairs of a CSV file writes a new model: the parent's network with other weights (the steps
+    moved them), a card naming the parent, the pairs and the steps; the parent's file is left as it was."""
+    import torch
+
+    from metareg.core.modelio import load_model, sha256_of
+
     csv = tmp_path / "pairs.csv"
     csv.write_text(f"fixed,moving\n{sample_dir / 'brain3d_fixed_T1.nii.gz'},{sample_dir / 'brain3d_moving_T2.nii.gz'}\n")
+    parent_sha256 = sha256_of(parent_model)
     scene = headless.get_app().scene
     path = logic.MetaRegistrationLogic(scene).run_finetune(
         finetune.FinetuneInputs(pairs_csv=csv),
         finetune.FinetuneSettings(parent=str(parent_model), steps=3, device="cpu", model_dir=tmp_path / "out"))
     card = json.loads(path.with_suffix(".json").read_text())
     assert path.stem.startswith("tiny3d-adapted-") and card["training"]["tasks"][0]["name"] == "pairs"
+    assert card["training"]["tasks"][0]["pairs"] == 1 and card["training"]["steps"] == 3
+    assert len(card["training"]["loss_curve"]) == 3
+    assert card["training"]["parent"]["sha256"] == parent_sha256 == sha256_of(parent_model)
+    parent, child = load_model(parent_model).network.state_dict(), load_model(path).network.state_dict()
+    assert {k: v.shape for k, v in child.items()} == {k: v.shape for k, v in parent.items()}  # the same network
+    changed = [k for k in parent if not torch.equal(parent[k], child[k])]
+    assert len(changed) > len(parent) // 2, changed  # the fine-tuning moved the weights, not just saved the parent's
 
 
 @pytest.mark.slow
