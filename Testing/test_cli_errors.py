@@ -324,10 +324,11 @@ def test_3d_model_on_2d_images(model, inputs, out, capsys):
         (["--smoothness", "-5"], "--smoothness: must be >= 0, got -5"),
         (["--smoothness", "nan"], "--smoothness: must be a finite number, got nan"),
         (["--smoothness", "inf"], "--smoothness: must be a finite number, got inf"),
-        (["--adapt-lr", "0.01"], "--adapt-lr: is the step size of test-time adaptation, which is off"),
+        (["--adapt-lr", "0.01"], "--adapt-lr: is the step size of test-time adaptation, which needs a network"),
+        (["--refine-steps", "5"], "--refine-steps: refinement starts from a network's output"),
     ],
     ids=["adapt-steps-without-model", "network-without-model", "iterations-abc", "iterations-negative",
-         "smoothness-negative", "smoothness-nan", "smoothness-inf", "adapt-lr-without-adaptation"],
+         "smoothness-negative", "smoothness-nan", "smoothness-inf", "adapt-lr-without-model", "refine-without-model"],
 )
 def test_bad_option(extra, expected, inputs, out, capsys):
     line = register_fails(pair(inputs) + extra, capsys, inputs, out)

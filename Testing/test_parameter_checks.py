@@ -51,9 +51,10 @@ from test_cli_errors import (FAST, blobs, empty_zoo, fails_cleanly, inputs, out,
         (["--refine-steps", "-3"], "--refine-steps: must be >= 0, got -3"),
         (["--refine-steps", "1000000000"], "--refine-steps: must be <= 10000, got 1000000000"),
         (["--smoothness", "3"], "--smoothness: configures the iterative method; a network uses its card's loss"),
+        (["--adapt-lr", "0.01"], "--adapt-lr: is the step size of test-time adaptation, which is off"),
     ],
     ids=["adapt-lr-negative", "adapt-lr-nan", "adapt-lr-zero", "adapt-steps-negative", "refine-negative",
-         "refine-1e9", "smoothness-with-model"],
+         "refine-1e9", "smoothness-with-model", "adapt-lr-without-adaptation"],
 )
 def test_bad_numbers_with_a_model(extra, expected, inputs, out, capsys):
     line = register_fails(pair(inputs) + ["--model", str(inputs / "model" / "tiny.safetensors"), *extra],

@@ -86,7 +86,8 @@ def torch_too_old(version: str | None = None) -> str:
         except PackageNotFoundError:
             return ""
     if _version_tuple(version) < _version_tuple(MINIMUM_TORCH_VERSION):
-        return (f"PyTorch {version} is installed, but MetaRegistration needs {MINIMUM_TORCH_VERSION} or newer: open the "
+        return (f"PyTorch {version} is installed, but MetaRegistration needs {MINIMUM_TORCH_VERSION} or newer: "
+                "open the "
                 f"PyTorch Utils module and install with the version requirement >={MINIMUM_TORCH_VERSION}, then "
                 "restart Slicer")
     return ""

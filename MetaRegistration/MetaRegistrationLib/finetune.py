@@ -145,7 +145,8 @@ def prepare_finetune(inputs: FinetuneInputs, settings: FinetuneSettings) -> Prep
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise convert.NodeInputError(f"cannot create the model folder {folder}: {error}; choose another folder") from None
+        raise convert.NodeInputError(f"cannot create the model folder {folder}: {error}; "
+                                     "choose another folder") from None
     if not os.access(folder, os.W_OK):
         raise convert.NodeInputError(f"the model folder {folder} is not writable; choose another folder")
     stem = _safe_name(settings.name or f"{parent_path.stem}-adapted-{time.strftime('%Y%m%d-%H%M%S')}")

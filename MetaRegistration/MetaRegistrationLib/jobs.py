@@ -5,12 +5,12 @@ is off, and neither CTK nor Slicer turns it on), so an engine *thread* would run
 and would crawl. A child process computes at full speed whatever the main thread does.
 
 An :class:`EngineJob` owns a private temporary folder. Its subclass writes the inputs there (images, landmarks,
-labels) with the settings as ``job.json``; the job starts ``python -m metareg.app.worker --watch-stdin FOLDER`` (Slicer's
-own Python, ``PythonSlicer``, in Slicer; ``sys.executable`` elsewhere), with the bundled engine first on its path,
-and reads the worker's JSON lines (progress, log lines, the result) without blocking the caller. When the process has
-ended, :meth:`EngineJob.poll` hands the folder to the subclass to read the outputs back, then removes it; a cancelled,
-crashed or killed worker becomes :attr:`EngineJob.cancelled` or :attr:`EngineJob.error` with a clear message, and the
-folder is removed all the same.
+labels) with the settings as ``job.json``; the job starts ``python -m metareg.app.worker --watch-stdin FOLDER``
+(Slicer's own Python, ``PythonSlicer``, in Slicer; ``sys.executable`` elsewhere), with the bundled engine first on its
+path, and reads the worker's JSON lines (progress, log lines, the result) without blocking the caller. When the process
+has ended, :meth:`EngineJob.poll` hands the folder to the subclass to read the outputs back, then removes it; a
+cancelled, crashed or killed worker becomes :attr:`EngineJob.cancelled` or :attr:`EngineJob.error` with a clear message,
+and the folder is removed all the same.
 
 No worker outlives its job: :meth:`EngineJob.cancel` terminates it and kills it after
 :data:`KILL_AFTER_SECONDS`; the worker also exits by itself when its standard input closes (the parent ended or

@@ -131,7 +131,8 @@ class FieldOfTransform:
         return self.field.GetDimension()
 
     def map_points_lps(self, points_lps: np.ndarray) -> np.ndarray:
-        """``x + d(x)`` for ``(N, dim)`` LPS points, as the engine's TRE does (:func:`metareg.core.geometry.map_points`)."""
+        """``x + d(x)`` for ``(N, dim)`` LPS points, as the engine's TRE does
+        (:func:`metareg.core.geometry.map_points`)."""
         from metareg.core.geometry import map_points
 
         field_image = self.field

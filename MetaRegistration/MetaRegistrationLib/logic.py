@@ -173,6 +173,7 @@ class RegistrationJob(EngineJob):
 
     def _write_inputs(self, folder):
         import SimpleITK as sitk
+
         from metareg.core.landmarks import write_landmarks
 
         began = time.perf_counter()
@@ -337,7 +338,8 @@ class MetaRegistrationLogic:
     def run_finetune(self, inputs: finetune.FinetuneInputs, settings: finetune.FinetuneSettings,
                      progress: Callable[[float, str], None] | None = None,
                      should_stop: Callable[[], bool] | None = None, poll_seconds: float = 0.05):
-        """Fine-tune and return the new model path (None when ``should_stop`` cancelled it), blocking: scripts, tests."""
+        """Fine-tune and return the new model path (None when ``should_stop`` cancelled it); blocking (for scripts and
+        tests)."""
         job = self.start_finetune(inputs, settings)
         while not job.wait(poll_seconds):
             if progress is not None:

@@ -82,7 +82,10 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'metareg' has no attribute {name!r}")
     module = _EXPORTS[name]
-    value = importlib.import_module(_MODULES[name]) if module is None else getattr(importlib.import_module(module), name)
+    if module is None:
+        value = importlib.import_module(_MODULES[name])
+    else:
+        value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

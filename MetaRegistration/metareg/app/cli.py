@@ -162,7 +162,8 @@ def _iterative_config(args: argparse.Namespace) -> IterativeConfig:
         try:
             iterations = tuple(int(v) for v in args.iterations.split(","))
         except ValueError:
-            raise InputError(f"--iterations {args.iterations}", "must be comma-separated integers, e.g. 100,67,33")
+            raise InputError(f"--iterations {args.iterations}",
+                             "must be comma-separated integers, e.g. 100,67,33") from None
         config = config.with_iterations(iterations)
     return config
 
@@ -198,7 +199,8 @@ def _load_method(args: argparse.Namespace):
             raise InputError(f"--model {args.model}", str(error)) from None
     for option, given, problem in (
             ("--adapt-steps", args.adapt_steps != 0, "test-time adaptation needs a network"),
-            ("--adapt-lr", args.adapt_lr is not None, "is the step size of test-time adaptation, which needs a network"),
+            ("--adapt-lr", args.adapt_lr is not None,
+             "is the step size of test-time adaptation, which needs a network"),
             ("--refine-steps", args.refine_steps not in (None, 0), "refinement starts from a network's output")):
         if given:
             raise InputError(option, problem, "give --model, or drop it")
@@ -255,7 +257,8 @@ def run_register(args: argparse.Namespace) -> int:
     try:
         result = register(
             fixed, moving, method, affine=args.affine, device=args.device, fixed_landmarks=fixed_landmarks,
-            moving_landmarks=moving_landmarks, fixed_labels=fixed_labels, moving_labels=moving_labels, progress=events or bar,
+            moving_landmarks=moving_landmarks, fixed_labels=fixed_labels, moving_labels=moving_labels,
+            progress=events or bar,
         )
     finally:
         bar.close()
@@ -307,7 +310,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     for index, row_in in enumerate(progress_bar(rows_in, desc="pairs", disable=args.quiet)):
         pair = row_in.pair
-        row = {"pair": index, "line": row_in.line, "fixed": pair.fixed if pair else "", "moving": pair.moving if pair else ""}
+        row = {"pair": index, "line": row_in.line, "fixed": pair.fixed if pair else "",
+               "moving": pair.moving if pair else ""}
         try:
             if row_in.problem is not None:
                 raise InputError(f"--pairs {args.pairs}", row_in.problem)
@@ -318,7 +322,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 fixed = read_image(pair.fixed, f"{where} fixed")
                 moving = read_image(pair.moving, f"{where} moving")
                 fl = read_landmarks(pair.fixed_landmarks, f"{where} fixed_landmarks") if pair.fixed_landmarks else None
-                ml = read_landmarks(pair.moving_landmarks, f"{where} moving_landmarks") if pair.moving_landmarks else None
+                ml = (read_landmarks(pair.moving_landmarks, f"{where} moving_landmarks") if pair.moving_landmarks
+                      else None)
                 flab = read_image(pair.fixed_labels, f"{where} fixed_labels") if pair.fixed_labels else None
                 mlab = read_image(pair.moving_labels, f"{where} moving_labels") if pair.moving_labels else None
                 result = register(
@@ -329,7 +334,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             row.update(status="error", error=str(error))
             rows.append(row)
             continue
-        except (RuntimeError, MemoryError, OSError, ValueError) as error:  # a failure of this pair's work, not of the batch
+        # a failure of this pair's work, not of the batch
+        except (RuntimeError, MemoryError, OSError, ValueError) as error:
             row.update(status="error", error=f"{type(error).__name__}: {_first_line(error)}")
             rows.append(row)
             continue
@@ -475,21 +481,26 @@ def build_parser() -> argparse.ArgumentParser:
                                           "displacement field, an ITK .h5 transform, the Jacobian map, a JSON report.",
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     inputs = reg.add_argument_group("inputs")
-    inputs.add_argument("--fixed", required=True, metavar="IMAGE", help="fixed image (NIfTI, NRRD, MHA, ... or a DICOM folder)")
+    inputs.add_argument("--fixed", required=True, metavar="IMAGE",
+                        help="fixed image (NIfTI, NRRD, MHA, ... or a DICOM folder)")
     inputs.add_argument("--moving", required=True, metavar="IMAGE", help="moving image, same dimension as --fixed")
-    inputs.add_argument("--fixed-landmarks", metavar="FILE", help="landmarks on the fixed image (.mrk.json, .fcsv, .csv)")
-    inputs.add_argument("--moving-landmarks", metavar="FILE", help="matching landmarks on the moving image (same labels)")
+    inputs.add_argument("--fixed-landmarks", metavar="FILE",
+                        help="landmarks on the fixed image (.mrk.json, .fcsv, .csv)")
+    inputs.add_argument("--moving-landmarks", metavar="FILE",
+                        help="matching landmarks on the moving image (same labels)")
     inputs.add_argument("--fixed-labels", metavar="IMAGE", help="label map of the fixed image, for Dice/HD95 per label")
     inputs.add_argument("--moving-labels", metavar="IMAGE", help="label map of the moving image (same label values)")
     _add_method_arguments(reg)
     out = reg.add_argument_group("outputs (each optional; written only if the whole run succeeds)")
     out.add_argument("--warped", metavar="IMAGE", help="the moving image warped onto the fixed grid")
-    out.add_argument("--field", metavar="IMAGE", help="displacement field (vector image, LPS mm, fixed grid), e.g. .nii.gz")
+    out.add_argument("--field", metavar="IMAGE",
+                     help="displacement field (vector image, LPS mm, fixed grid), e.g. .nii.gz")
     out.add_argument("--transform", metavar="FILE.h5", help="the field as an ITK DisplacementFieldTransform (.h5)")
     out.add_argument("--jacobian", metavar="IMAGE", help="Jacobian determinant map on the fixed grid")
     out.add_argument("--mapped-landmarks", metavar="FILE", help="fixed landmarks mapped into the moving image")
     out.add_argument("--warped-labels", metavar="IMAGE", help="the moving label map warped onto the fixed grid")
-    out.add_argument("--report", metavar="OUT.json", help="machine-readable report: NCC, TRE, folding, seconds per stage")
+    out.add_argument("--report", metavar="OUT.json",
+                     help="machine-readable report: NCC, TRE, folding, seconds per stage")
     out.add_argument("--uncompressed", action="store_true",
                      help="write the images without compression (faster, larger files)")
     reg.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
@@ -508,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(handler=run_evaluate)
 
     models = commands.add_parser("models", help="list the models of the zoo")
-    models.add_argument("--zoo", metavar="DIR", help="zoo folder (default: the repository's models/ or $METAREG_MODEL_DIR)")
+    models.add_argument("--zoo", metavar="DIR",
+                        help="zoo folder (default: the repository's models/ or $METAREG_MODEL_DIR)")
     models.set_defaults(handler=run_models)
     _add_data_commands(commands)
 

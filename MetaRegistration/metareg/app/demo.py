@@ -20,7 +20,8 @@ from metareg.core.outputs import Outputs, write_json, write_transform
 from metareg.core.progress import ProgressBar
 from metareg.core.registration import NetworkMethod, register
 
-SAMPLE_DIR = Path(__file__).resolve().parents[3] / "Resources" / "SampleData"  # the repository's top: metareg/app/demo.py
+#: The sample pairs, at the repository's top (this file is MetaRegistration/metareg/app/demo.py).
+SAMPLE_DIR = Path(__file__).resolve().parents[3] / "Resources" / "SampleData"
 PAIRS = {
     "brain3d": {
         "fixed": "brain3d_fixed_T1.nii.gz",

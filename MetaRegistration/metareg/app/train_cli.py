@@ -196,7 +196,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--grid", default="128,128", help="model grid size, ITK order x,y[,z] (default 128,128)")
     model.add_argument("--spacing", help="model grid spacing in mm (default: the grid spans the fixed image)")
     model.add_argument("--family", choices=sorted(FAMILIES), default="unet", help="network family (default unet)")
-    model.add_argument("--architecture", metavar="JSON", help='width overrides, e.g. \'{"encoder_channels": [8,16,16]}\'')
+    model.add_argument("--architecture", metavar="JSON",
+                       help='width overrides, e.g. \'{"encoder_channels": [8,16,16]}\'')
     model.add_argument("--diffeomorphic", action="store_true", help="integrate a velocity field (scaling and squaring)")
     model.add_argument("--similarity", choices=sorted(SIMILARITIES), default="lncc", help="similarity (default lncc)")
     model.add_argument("--regulariser", choices=sorted(REGULARISERS), default="gradient_l2",

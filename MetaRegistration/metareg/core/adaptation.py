@@ -9,7 +9,7 @@ registration time.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
@@ -17,9 +17,11 @@ from metareg.core.errors import Cancelled
 from metareg.core.geometry import warp_tensor
 from metareg.core.losses import LossConfig, registration_loss
 
+NetworkT = TypeVar("NetworkT", bound=torch.nn.Module)
+
 
 def adapt_network(
-    network: torch.nn.Module,
+    network: NetworkT,
     draw: Callable[[int], Sequence[tuple[torch.Tensor, torch.Tensor]]],
     loss: LossConfig,
     steps: int,
@@ -27,7 +29,7 @@ def adapt_network(
     device: torch.device | None = None,
     progress: Callable[[float, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> tuple[torch.nn.Module, list[float]]:
+) -> tuple[NetworkT, list[float]]:
     """``steps`` Adam steps (step size ``learning_rate``) on a *copy* of ``network``, minimising ``loss`` (similarity
     of fixed and warped moving, plus the regulariser) over the samples ``draw(step)`` gives at each step: ``(fixed,
     moving)`` tensors ``(B, 1, *spatial)`` on the network's grid, batched together and moved to ``device`` when given.

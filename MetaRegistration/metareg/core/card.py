@@ -249,7 +249,8 @@ class ModelCard:
                 known = {f.name for f in dataclasses.fields(kind)}
                 extra = sorted(set(section) - known)
                 if extra:
-                    raise ParameterError(f"{name}.{extra[0]}", f"is not a {name} setting (known: {', '.join(sorted(known))})")
+                    raise ParameterError(f"{name}.{extra[0]}",
+                                         f"is not a {name} setting (known: {', '.join(sorted(known))})")
                 values[name] = kind(**section)
             for name in ("architecture", "name", "purpose", "domain", "training", "metrics", "sha256",
                          "format_version"):

@@ -154,7 +154,8 @@ def model_grid_on_fixed(
     if size is not None and len(size) != fixed_grid.dim:
         raise ValueError(f"model grid size {tuple(size)} has {len(size)} axes but the fixed image has {fixed_grid.dim}")
     if spacing is not None and len(spacing) != fixed_grid.dim:
-        raise ValueError(f"model grid spacing {tuple(spacing)} has {len(spacing)} axes, the fixed image {fixed_grid.dim}")
+        raise ValueError(f"model grid spacing {tuple(spacing)} has {len(spacing)} axes, "
+                         f"the fixed image {fixed_grid.dim}")
     if size is None:
         new_spacing = np.asarray(spacing, dtype=np.float64)
         new_size = np.maximum(np.ceil(fov_mm / new_spacing - 1e-6), 2).astype(int)
@@ -334,8 +335,8 @@ def network_displacement_to_field(
     """The one conversion from a predicted voxel displacement to the exported physical field.
 
     Args:
-        disp_vox: ``(1, dim, *model_grid.tensor_shape)`` voxel displacement predicted on ``model_grid`` between the fixed
-            image and the moving image as presented to the network (pre-aligned when ``prealign`` is given).
+        disp_vox: ``(1, dim, *model_grid.tensor_shape)`` voxel displacement predicted on ``model_grid`` between the
+            fixed image and the moving image as presented to the network (pre-aligned when ``prealign`` is given).
         model_grid: the grid the network saw (from :func:`model_grid_on_fixed`).
         fixed: the fixed image; the field is returned on its own grid.
         prealign: optional affine pre-alignment that maps fixed points (LPS mm) to moving points; the network then
@@ -358,7 +359,7 @@ def network_displacement_to_field(
         # useNearestNeighborExtrapolator: no artificial zero displacement beyond the model grid's border
         u = sitk.Resample(model_field, slab_grid.reference_image(), identity, sitk.sitkLinear, 0.0,
                           sitk.sitkVectorFloat64, True)
-        if prealign is not None:
+        if matrix is not None:
             points = slab_grid.physical_points()
             u = vector_image((points + sitk.GetArrayViewFromImage(u)) @ matrix.T + offset - points, slab_grid)
         field[(*[slice(None)] * (fixed_grid.dim - 1), slice(rows.start, rows.stop))] = u
@@ -378,10 +379,10 @@ def affine_to_field(transform: sitk.Transform, reference: sitk.Image) -> sitk.Im
 
 def rotation_matrix(axis: Sequence[float], angle_deg: float) -> np.ndarray:
     """The 3×3 right-handed rotation by ``angle_deg`` degrees about ``axis`` (any length; Rodrigues' formula)."""
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
+    unit = np.asarray(axis, dtype=np.float64)
+    unit = unit / np.linalg.norm(unit)
     angle = np.deg2rad(angle_deg)
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    cross = np.array([[0, -unit[2], unit[1]], [unit[2], 0, -unit[0]], [-unit[1], unit[0], 0]])
     return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
 
 

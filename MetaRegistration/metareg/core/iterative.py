@@ -200,7 +200,7 @@ def register_iterative(
         control_shape = [-(-n // spacing) + 3 for n in shape] if spacing else shape
         control = torch.zeros((1, dim, *control_shape), dtype=fixed.dtype, device=fixed.device, requires_grad=True)
 
-        def level_params() -> torch.Tensor:
+        def level_params(start=start, control=control, spacing=spacing, shape=shape) -> torch.Tensor:
             return start + (bspline_field(control, spacing, shape) if spacing else control)
 
         optimiser = torch.optim.Adam([control], lr=config.learning_rate)
@@ -219,6 +219,7 @@ def register_iterative(
             if progress is not None:
                 progress(done / total_steps, f"iterative, level 1/{factor}")
         params = level_params().detach()
+    assert params is not None  # every config has at least one level
     params = resize_displacement(params, fixed.shape[2:])
     disp = integrate_velocity(params) if config.diffeomorphic else params
     return disp.detach(), curve

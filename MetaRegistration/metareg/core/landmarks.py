@@ -92,13 +92,13 @@ def read_landmarks(path: str | Path, name: str = "landmarks") -> Landmarks:
     labels, points, system = reader(text, input_name)
     if not labels:
         raise InputError(input_name, "holds no landmark points", "place at least one labelled point")
-    points = np.array(points, dtype=np.float64)
-    bad = [label for label, point in zip(labels, points) if not np.all(np.isfinite(point))]
+    lps = np.array(points, dtype=np.float64)
+    bad = [label for label, point in zip(labels, lps) if not np.all(np.isfinite(point))]
     if bad:
         raise InputError(input_name, f"has NaN or infinite coordinates for {_listing(bad)}", "fix or remove them")
     if system == "RAS":
-        points = points * _RAS_TO_LPS
-    return Landmarks(tuple(labels), points)
+        lps = lps * _RAS_TO_LPS
+    return Landmarks(tuple(labels), lps)
 
 
 def write_landmarks(landmarks: Landmarks, path: str | Path, coordinate_system: str = "LPS") -> None:

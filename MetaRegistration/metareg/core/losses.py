@@ -7,9 +7,11 @@ that is defined (``1 − NCC``, MSE, ``−MI``).
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +111,11 @@ def mutual_information_loss(
     return -mi.mean()
 
 
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of a non-empty sequence of tensors (what ``sum`` gives, typed as a tensor)."""
+    return functools.reduce(operator.add, terms)
+
+
 def _differences(disp: torch.Tensor) -> list[torch.Tensor]:
     """Forward differences of ``disp`` along each spatial axis."""
     return [torch.diff(disp, dim=axis) for axis in range(2, disp.dim())]
@@ -116,7 +123,7 @@ def _differences(disp: torch.Tensor) -> list[torch.Tensor]:
 
 def gradient_l2_loss(disp: torch.Tensor) -> torch.Tensor:
     """Diffusion regulariser: mean squared first derivative of the displacement (voxel units), summed over axes."""
-    return sum(d.pow(2).mean() for d in _differences(disp))
+    return _total(d.pow(2).mean() for d in _differences(disp))
 
 
 def bending_energy_loss(disp: torch.Tensor) -> torch.Tensor:

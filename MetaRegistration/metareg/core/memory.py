@@ -1,6 +1,7 @@
 """Memory before the work: what a registration will need, what the machine has, and what to do when it does not fit.
 
-:func:`plan` is called by :func:`metareg.core.registration.register` before any work. A registration needs memory of two kinds:
+:func:`plan` is called by :func:`metareg.core.registration.register` before any work. A registration needs memory of two
+kinds:
 
 * on the fixed image's grid (CPU): the field (3 float64 per voxel in 3D), the Jacobian determinant, the warped image,
   the metrics' copies and, in the CLI, the read-back check of each written file: :data:`FIXED_BYTES_PER_VOXEL`;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import resource
 from dataclasses import dataclass
+from typing import NoReturn
 
 #: Bytes per fixed-grid voxel a registration adds (3D; 2D has two field components, scaled by 2/3 and not measured),
 #: from the peak resident memory of `metareg register` with --warped, --field, --jacobian, --transform (.h5) and
@@ -143,6 +145,7 @@ def plan(dim: int, fixed_voxels: int, work_voxels: int, uses_work_grid: bool, de
     fitting = int(room // per_work) if per_work else 0
     if not per_work or fitting < smallest:
         if gpu_free is None:
+            assert available is not None  # (a plan without a measured limit returned above)
             _refuse(fixed_voxels, fixed_part + per_work * smallest, available, "")
         _refuse(fixed_voxels, per_work * smallest + MARGIN_BYTES, gpu_free, " on the GPU")
     note = (f"the work grid of the iterative method was coarsened from {work_voxels} to at most {fitting} voxels to "
@@ -150,7 +153,7 @@ def plan(dim: int, fixed_voxels: int, work_voxels: int, uses_work_grid: bool, de
     return MemoryPlan(fitting, fixed_part + per_work * fitting, available, note)
 
 
-def _refuse(fixed_voxels: int, needed: int, available: int, where: str) -> None:
+def _refuse(fixed_voxels: int, needed: int, available: int, where: str) -> NoReturn:
     from metareg.core.errors import InputError
 
     raise InputError("fixed", f"registering this {fixed_voxels}-voxel image needs about {_gib(needed)} of memory"

@@ -307,17 +307,17 @@ def _jacobian_determinant_of(displacement: np.ndarray, index_to_physical: np.nda
     """``det(I + ∇_x d)`` of a displacement array ``[z, y, x, component]`` (a slab), for the rows ``keep`` of its
     first axis."""
     array_axes = tuple(range(dimension))
-    jacobian = [[None] * dimension for _ in range(dimension)]  # jacobian[c][j] = δ_cj + ∂d_c/∂x_j
+    jacobian: list[list[np.ndarray]] = [[np.empty(0)] * dimension for _ in range(dimension)]  # δ_cj + ∂d_c/∂x_j
     for c in range(dimension):
         gradients = np.gradient(np.asarray(displacement[..., c], dtype=np.float64), axis=array_axes)
         d_by_index = [g[keep] for g in gradients[::-1]]  # d_by_index[k] = ∂d_c/∂idx_k
         for j in range(dimension):
             jacobian[c][j] = sum(d_by_index[k] * index_to_physical[k, j] for k in range(dimension)) + (c == j)
     if dimension == 2:
-        (a, b), (c, d) = jacobian
-        return a * d - b * c
-    (a, b, c), (d, e, f), (g, h, i) = jacobian
-    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+        (j00, j01), (j10, j11) = jacobian
+        return j00 * j11 - j01 * j10
+    (j00, j01, j02), (j10, j11, j12), (j20, j21, j22) = jacobian
+    return j00 * (j11 * j22 - j12 * j21) - j01 * (j10 * j22 - j12 * j20) + j02 * (j10 * j21 - j11 * j20)
 
 
 def _jacobian_statistics(jacobian: sitk.Image, inside: np.ndarray | None) -> dict:

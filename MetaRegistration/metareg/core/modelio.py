@@ -159,7 +159,8 @@ def resolve_model(name_or_path: str, zoo_dir: Path | None = None) -> tuple[Path,
     )
 
 
-def load_model(name_or_path: str | Path, zoo_dir: Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(name_or_path: str | Path, zoo_dir: Path | None = None,
+               device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model by zoo name or file path; checks the sha256 and rebuilds the network from its card.
 
     Raises:

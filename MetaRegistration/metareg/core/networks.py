@@ -1,10 +1,11 @@
 """Registration networks: a VoxelMorph-style U-Net and a LocalNet, 2D or 3D, any input size.
 
-Every network is called as ``network(fixed=..., moving=...)`` with tensors ``(B, 1, *spatial)`` (intensities normalised to
-[0, 1]) and returns a voxel displacement ``(B, dim, *spatial)`` in voxels of the input grid, channel ``c`` along tensor axis ``c`` (see
-:mod:`metareg.core.geometry`). With ``diffeomorphic=True`` the head predicts a stationary velocity field that is integrated
-by scaling and squaring. Inputs whose size is not a multiple of ``2**levels`` are padded (edge values) and the output
-cropped back, so any size works.
+Every network is called as ``network(fixed=..., moving=...)`` with tensors ``(B, 1, *spatial)`` (intensities normalised
+to [0, 1]) and returns a voxel displacement ``(B, dim, *spatial)`` in voxels of the input grid, channel ``c`` along
+tensor axis ``c`` (see
+:mod:`metareg.core.geometry`). With ``diffeomorphic=True`` the head predicts a stationary velocity field that is
+integrated by scaling and squaring. Inputs whose size is not a multiple of ``2**levels`` are padded (edge values) and
+the output cropped back, so any size works.
 
 Each network takes explicit keyword parameters; :meth:`RegistrationNetwork.to_config` gives them as the JSON-able
 config a model card stores (its ``architecture``), and :meth:`RegistrationNetwork.from_config` builds the network back.
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from metareg.core.geometry import integrate_velocity, resize_displacement
 
 
-def _conv(dim: int) -> type[nn.Module]:
+def _conv(dim: int) -> type[nn.Conv2d] | type[nn.Conv3d]:
     return nn.Conv3d if dim == 3 else nn.Conv2d
 
 
@@ -30,6 +31,7 @@ def _flow_head(dim: int, in_channels: int) -> nn.Module:
     """3×3(×3) conv to ``dim`` channels, initialised near zero so an untrained network starts at the identity."""
     head = _conv(dim)(in_channels, dim, kernel_size=3, padding=1)
     nn.init.normal_(head.weight, mean=0.0, std=1e-5)
+    assert head.bias is not None
     nn.init.zeros_(head.bias)
     return head
 
@@ -126,8 +128,8 @@ class RegistrationNetwork(nn.Module):
 class UNet(RegistrationNetwork):
     """VoxelMorph-style U-Net (Balakrishnan et al. 2019; seed 003).
 
-    Encoder: one stride-2 conv per entry of ``encoder_channels``. Decoder: for each encoder level (deepest first) a conv,
-    ×2 upsampling and concatenation with the matching encoder features; then the remaining ``decoder_channels`` at
+    Encoder: one stride-2 conv per entry of ``encoder_channels``. Decoder: for each encoder level (deepest first) a
+    conv, ×2 upsampling and concatenation with the matching encoder features; then the remaining ``decoder_channels`` at
     full resolution, and the flow head. The default widths are VoxelMorph's, scaled for CPU-trainable models.
     """
 

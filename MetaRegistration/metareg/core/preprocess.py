@@ -3,9 +3,9 @@
 :func:`prepare_pair` is the one path from two SimpleITK images to the two tensors a network (or the iterative method)
 sees, used alike by registration and by training.
 
-Normalisation (a card's :class:`metareg.core.card.Normalisation`): percentile scaling to [0, 1] — the window is computed on the *original*
-image's voxels (not on the resampled tensor, whose padding would bias it) — then, optionally, histogram equalisation
-(seed 000 equalised every image).
+Normalisation (a card's :class:`metareg.core.card.Normalisation`): percentile scaling to [0, 1] — the window is computed
+on the *original* image's voxels (not on the resampled tensor, whose padding would bias it) — then, optionally,
+histogram equalisation (seed 000 equalised every image).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def equalise_histogram(tensor: torch.Tensor, bins: int = _EQUALISATION_BINS) -> 
 
 def image_tensor(image: sitk.Image, grid: Grid, normalisation: Normalisation,
                  transform: sitk.Transform | None = None) -> torch.Tensor:
-    """``image`` sampled on ``grid`` (through ``transform``: grid point → image point) and normalised, ``(1, 1, *S)``."""
+    """``image`` sampled on ``grid`` (through ``transform``: grid point → image point) and normalised: a tensor
+    ``(1, 1, *S)``."""
     tensor = normalise(image_to_tensor(resample_onto(image, grid, transform)),
                        intensity_window(image, normalisation.low, normalisation.high))
     return equalise_histogram(tensor) if normalisation.histogram_equalisation else tensor

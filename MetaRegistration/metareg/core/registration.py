@@ -11,10 +11,11 @@ fixed, moving (SimpleITK, any geometry)
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Union
 
 import numpy as np
@@ -90,7 +91,7 @@ class RegistrationResult:
     warped: sitk.Image
     jacobian: sitk.Image
     report: RegistrationReport
-    loss_curve: list[float] = field(default_factory=list)
+    loss_curve: list[float] = dataclasses.field(default_factory=list)
     prealign: sitk.Transform | None = None
     warped_labels: sitk.Image | None = None
 
@@ -210,7 +211,8 @@ class NetworkMethod:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, LoadedModel):
-            raise ParameterError("model", f"must be a loaded model (metareg.load_model), got {type(self.model).__name__}")
+            raise ParameterError("model",
+                                 f"must be a loaded model (metareg.load_model), got {type(self.model).__name__}")
         object.__setattr__(self, "adapt_steps", check_int(self.adapt_steps, "adapt_steps", 0, MAX_ADAPT_STEPS))
         if self.adapt_learning_rate is not None:
             rate = check_float(self.adapt_learning_rate, "adapt_learning_rate", maximum=1.0, positive=True)
@@ -274,17 +276,20 @@ def register(
     """
     dim, affine = _check_arguments(fixed, moving, method, affine, fixed_landmarks, moving_landmarks, fixed_labels,
                                    moving_labels)
+    model: LoadedModel | None = None
+    iterative_config: IterativeConfig | None = None
+    adapt_steps, adapt_learning_rate, refine_steps = 0, 0.0, 0
     if isinstance(method, NetworkMethod):
-        model, iterative_config = method.model, None
-        adapt_steps, adapt_learning_rate, refine_steps = method.adapt_steps, method.learning_rate, method.refinement_steps
+        model = method.model
+        adapt_steps, adapt_learning_rate = method.adapt_steps, method.learning_rate
+        refine_steps = method.refinement_steps
     else:
-        model, iterative_config = None, method or IterativeConfig()
-        adapt_steps, adapt_learning_rate, refine_steps = 0, None, 0
+        iterative_config = method or IterativeConfig()
     if fixed_labels is not None and not Grid.from_image(fixed_labels).same_as(Grid.from_image(fixed)):
         fixed_labels = resample_onto(fixed_labels, Grid.from_image(fixed), interpolator=sitk.sitkNearestNeighbor,
                                      pixel_type=fixed_labels.GetPixelID())
     matched = None
-    if fixed_landmarks is not None:
+    if fixed_landmarks is not None and moving_landmarks is not None:
         matched = match_landmarks(fixed_landmarks, moving_landmarks, "fixed_landmarks", "moving_landmarks")
     torch_device = resolve_device(device)
     usual_work_grid = iterative_grid(fixed)
@@ -303,8 +308,8 @@ def register(
 
     prealign = None
     if affine:
-        with stages.stage("prealign", "affine pre-alignment") as report:
-            prealign = affine_prealign(fixed, moving, progress=report, should_stop=should_stop)
+        with stages.stage("prealign", "affine pre-alignment") as stage_progress:
+            prealign = affine_prealign(fixed, moving, progress=stage_progress, should_stop=should_stop)
 
     with stages.stage("preprocess", "resampling onto the model grid"):
         if model is not None:
@@ -318,17 +323,17 @@ def register(
         network = model.network.to(torch_device)
         loss_config = model.card.loss
         if adapt_steps:
-            with stages.stage("adaptation", "test-time adaptation") as report:
+            with stages.stage("adaptation", "test-time adaptation") as stage_progress:
                 network, loss_curve = adapt_network(
                     network, lambda step: [(fixed_t, moving_t)], loss_config, adapt_steps, adapt_learning_rate,
-                    progress=report, should_stop=should_stop,
+                    progress=stage_progress, should_stop=should_stop,
                 )
         with stages.stage("registration", "network inference"), torch.no_grad():
             if should_stop is not None and should_stop():
                 raise Cancelled("registration cancelled")
             disp_vox = network(fixed=fixed_t, moving=moving_t)
         if refine_steps:
-            with stages.stage("refinement", "refining the field") as report:
+            with stages.stage("refinement", "refining the field") as stage_progress:
                 refine_grid = work_grid
                 _, fixed_r, moving_r = prepare_pair(fixed, moving, None, model.card.normalisation, prealign,
                                                     grid=refine_grid)
@@ -336,13 +341,14 @@ def register(
                 disp_vox, refine_curve = register_iterative(
                     fixed_r.to(torch_device), moving_r.to(torch_device),
                     refinement_config(refine_steps, loss_config, model.card.refinement.regulariser_weight),
-                    progress=report, should_stop=should_stop, initial=initial,
+                    progress=stage_progress, should_stop=should_stop, initial=initial,
                 )
                 loss_curve = loss_curve + refine_curve
                 field_grid = refine_grid
     else:
-        with stages.stage("registration", "iterative optimisation") as report:
-            disp_vox, loss_curve = register_iterative(fixed_t, moving_t, iterative_config, progress=report,
+        assert iterative_config is not None
+        with stages.stage("registration", "iterative optimisation") as stage_progress:
+            disp_vox, loss_curve = register_iterative(fixed_t, moving_t, iterative_config, progress=stage_progress,
                                                       should_stop=should_stop)
 
     with stages.stage("field", "physical displacement field"):
@@ -378,7 +384,7 @@ def register(
         if matched is not None:
             report.tre_before, report.tre_after, report.landmarks = landmark_report(displacement, *matched, dim=dim)
         warped_labels = None
-        if fixed_labels is not None:
+        if fixed_labels is not None and moving_labels is not None:
             warped_labels = warp_image(moving_labels, displacement, sitk.sitkNearestNeighbor)
             report.labels = label_report(fixed_labels, moving_labels, warped_labels)
     stages.seconds["total"] = round(time.perf_counter() - started, 4)
@@ -516,8 +522,11 @@ def label_report(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_lab
             "hd95_after_mm": metrics.hausdorff95_mm(fixed_int, after_int, label),
             "mean_surface_distance_after_mm": metrics.mean_surface_distance_mm(fixed_int, after_int, label),
         }
-    finite = [row["dice_after"] for row in rows.values() if row["dice_after"] is not None and np.isfinite(row["dice_after"])]
-    before = [row["dice_before"] for row in rows.values() if row["dice_before"] is not None and np.isfinite(row["dice_before"])]
+    def measured(key: str) -> list[float]:
+        values = [row[key] for row in rows.values()]
+        return [float(value) for value in values if value is not None and np.isfinite(value)]
+
+    finite, before = measured("dice_after"), measured("dice_before")
     return {"per_label": rows, "mean_dice_before": float(np.mean(before)) if before else None,
             "mean_dice_after": float(np.mean(finite)) if finite else None}
 

@@ -140,12 +140,12 @@ class RegistrationReport:
     def summary_line(self) -> str:
         """One line: TRE, NCC, Dice (each before → after, when measured), folding, seconds per stage, device."""
         parts = []
-        if self.tre_before and self.tre_after:
-            parts.append(f"TRE {self.tre_before['mean']:.2f} → {self.tre_after['mean']:.2f} mm "
-                         f"(mean of {self.tre_before['n']})")
+        before, after, labels = self.tre_before, self.tre_after, self.labels or {}
+        if before and after:
+            parts.append(f"TRE {before['mean']:.2f} → {after['mean']:.2f} mm (mean of {before['n']})")
         parts.append(self._ncc_words())
         if self._has_dice():
-            parts.append(f"Dice {self.labels['mean_dice_before']:.3f} → {self.labels['mean_dice_after']:.3f}")
+            parts.append(f"Dice {labels['mean_dice_before']:.3f} → {labels['mean_dice_after']:.3f}")
         parts.append(f"folding {100 * self.folding_fraction:.3f} %")
         stages = self._stage_words()
         parts.append(f"{self.seconds.get('total', float('nan')):.1f} s" + (f" ({', '.join(stages)})" if stages else ""))
@@ -165,8 +165,9 @@ class RegistrationReport:
                          f"{before['mean']:.2f} → {after['mean']:.2f}")
             lines.append(f"TRE after: median {after['median']:.2f}, p90 {after['p90']:.2f}, max {after['max']:.2f}")
         if self._has_dice():
-            lines.append(f"Mean Dice before → after: {self.labels['mean_dice_before']:.3f} → "
-                         f"{self.labels['mean_dice_after']:.3f}")
+            labels = self.labels or {}
+            lines.append(f"Mean Dice before → after: {labels['mean_dice_before']:.3f} → "
+                         f"{labels['mean_dice_after']:.3f}")
         lines.append(f"Folding (|J| ≤ 0): {100 * self.folding_fraction:.3f} %   "
                      f"std log|J|: {self.std_log_jacobian:.3f}")
         stages = self._stage_words()
@@ -181,8 +182,8 @@ class RegistrationReport:
         return f"NCC {self.ncc_before:.3f} → {self.ncc_after:.3f}"
 
     def _has_dice(self) -> bool:
-        return bool(self.labels) and self.labels.get("mean_dice_after") is not None \
-            and self.labels.get("mean_dice_before") is not None
+        labels = self.labels or {}
+        return labels.get("mean_dice_after") is not None and labels.get("mean_dice_before") is not None
 
     def _stage_words(self) -> list:
         """``name seconds`` of each stage that took at least 0.05 s."""

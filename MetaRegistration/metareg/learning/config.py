@@ -1,4 +1,5 @@
-"""The settings of a training run: :class:`TrainConfig` (pretraining and fine-tuning) and :class:`ReptileConfig` (meta-training), each checking its own fields."""
+"""The settings of a training run: :class:`TrainConfig` (pretraining and fine-tuning) and :class:`ReptileConfig`
+(meta-training), each checking its own fields."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ class ReptileConfig:
         check_int(self.seed, "ReptileConfig.seed", 0)
         check_int(self.checkpoint_every, "ReptileConfig.checkpoint_every", 0)
         if not isinstance(self.augment, AugmentConfig):
-            raise ParameterError("ReptileConfig.augment", f"must be an AugmentConfig, got {type(self.augment).__name__}")
+            raise ParameterError("ReptileConfig.augment",
+                                 f"must be an AugmentConfig, got {type(self.augment).__name__}")
 
     def meta_step_size(self, step: int) -> float:
         """β at meta-step ``step`` (SGD outer update): linear from ``meta_step_start`` to ``meta_step_end``."""

@@ -139,9 +139,10 @@ def train_loop(
     raises :class:`metareg.core.errors.Cancelled` (the last checkpoint stays; no model is written).
     """
     if config.batch_size % processes.world_size:
-        raise InputError("--batch-size", f"{config.batch_size} is not divisible by the {processes.world_size} processes")
+        raise InputError("--batch-size",
+                         f"{config.batch_size} is not divisible by the {processes.world_size} processes")
     network.to(processes.device).train()
-    model = network
+    model: torch.nn.Module = network
     if processes.distributed:
         model = torch.nn.parallel.DistributedDataParallel(network)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
@@ -149,7 +150,7 @@ def train_loop(
     pool = PairPool(datas)
 
     def one_step(step: int) -> tuple[float, dict, float]:
-        samples = []
+        samples: list[tuple[torch.Tensor, ...]] = []
         for slot in processes.mine(config.batch_size):
             gen = generator(config.seed, step, slot)
             data, index = pool.draw(gen)
@@ -158,8 +159,8 @@ def train_loop(
             else:
                 samples.append(draw_sample(data, index, config.augment, gen))
         optimiser.zero_grad(set_to_none=True)
-        value, parts = _batch_loss(model, samples, card.loss, processes.device, config.batch_size // processes.world_size,
-                                   config.field_supervision)
+        value, parts = _batch_loss(model, samples, card.loss, processes.device,
+                                   config.batch_size // processes.world_size, config.field_supervision)
         value.backward()
         optimiser.step()
         loss = float(value.detach())
@@ -194,6 +195,7 @@ def reptile_update(
             return beta
         for name, parameter in network.named_parameters():
             parameter.grad = (parameter - adapted_mean[name]).detach().clone()
+    assert optimiser is not None, "Adam's outer step needs its optimiser"
     optimiser.step()
     return config.outer_learning_rate
 
@@ -228,7 +230,8 @@ def reptile_loop(
 
     ``progress`` and ``should_stop`` as in :func:`train_loop`."""
     network.to(processes.device).train()
-    optimiser = torch.optim.Adam(network.parameters(), lr=config.outer_learning_rate) if config.outer == "adam" else None
+    optimiser = (torch.optim.Adam(network.parameters(), lr=config.outer_learning_rate) if config.outer == "adam"
+                 else None)
     config_json = run_settings(card, reptile=asdict(config))
     pool = PairPool(datas)
     names = [name for name, _ in network.named_parameters()]
@@ -238,17 +241,19 @@ def reptile_loop(
         inner_losses = torch.zeros(2, device=processes.device)  # (sum of final inner losses, count)
         for slot in processes.mine(config.tasks_per_step):
             task_gen = generator(config.seed, step, slot)
-            if config.level == "task":
+            if config.level == "task":  # a task is a domain: each inner step draws pairs of it
                 data = datas[random_index(task_gen, len(datas))]
 
-                def draw(inner, data=data, slot=slot):
+                def draw_of_domain(inner, data=data, slot=slot):
                     gens = [generator(config.seed, step, slot, inner, j) for j in range(config.inner_batch_size)]
                     return [draw_sample(data, random_index(g, len(data)), config.augment, g) for g in gens]
-            else:
+                draw: Callable[[int], list] = draw_of_domain
+            else:  # a task is one pair, augmented afresh at each inner step
                 data, index = pool.draw(task_gen)
 
-                def draw(inner, data=data, index=index, slot=slot):
+                def draw_of_pair(inner, data=data, index=index, slot=slot):
                     return [draw_sample(data, index, config.augment, generator(config.seed, step, slot, inner))]
+                draw = draw_of_pair
 
             adapted, losses = adapt_to_task(network, draw, config, card.loss, processes.device)
             for name in names:

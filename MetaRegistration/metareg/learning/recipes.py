@@ -50,7 +50,8 @@ def _write_model(network: RegistrationNetwork, card: ModelCard, files: RunFiles,
                                                       adaptation=AdaptationDefaults(adaptation_rate)))
 
 
-def _init_network(card: ModelCard | None, parent: str | None, seed: int) -> tuple[RegistrationNetwork, ModelCard, dict | None]:
+def _init_network(card: ModelCard | None, parent: str | None,
+                  seed: int) -> tuple[RegistrationNetwork, ModelCard, dict | None]:
     """The network to train and the card it is trained for: the parent's network and card (its settings, refinement
     included, carry over; its provenance and metrics do not), or a fresh network for ``card``."""
     if parent:
@@ -73,8 +74,8 @@ def pretrain(tasks: list[Task], card: ModelCard | None, config: TrainConfig, out
 
     ``loss`` replaces the parent's loss when fine-tuning (e.g. mutual information for a multimodal variant); the new
     card records the loss it was trained with, which test-time adaptation then uses. ``datas``: the tasks' pairs
-    already prepared (:class:`metareg.learning.tasks.TaskData` with this card's grid, normalisation and pre-alignment), to
-    share them between several networks trained on the same pairs; built here when None.
+    already prepared (:class:`metareg.learning.tasks.TaskData` with this card's grid, normalisation and pre-alignment),
+    to share them between several networks trained on the same pairs; built here when None.
     """
     processes = start_processes(device)
     files = RunFiles(out)
@@ -90,7 +91,8 @@ def pretrain(tasks: list[Task], card: ModelCard | None, config: TrainConfig, out
     training = {
         "stage": stage, "parent": parent_info, "tasks": _task_summary(tasks), "steps": config.steps,
         "batch_size": config.batch_size, "learning_rate": config.learning_rate, "augment": config.augment.to_dict(),
-        "field_supervision": config.field_supervision, "seed": config.seed, "processes": processes.world_size, "device": processes.device.type,
+        "field_supervision": config.field_supervision, "seed": config.seed, "processes": processes.world_size,
+        "device": processes.device.type,
         "parameters": count_parameters(network), "seconds_this_run": round(time.perf_counter() - started, 1),
         "final_loss": float(np.mean(curve[-20:])) if curve else None, "loss_curve": curve_for_card(curve),
         "loss_log": files.log.name, "command": command,

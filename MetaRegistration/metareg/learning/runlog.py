@@ -60,8 +60,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     finally:
         temporary.unlink(missing_ok=True)
 
-    return True
-
 
 def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint without unpickling arbitrary objects (``weights_only``)."""

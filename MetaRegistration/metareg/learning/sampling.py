@@ -1,4 +1,5 @@
-"""Drawing training samples: counter-based generators (a draw depends on ``(seed, step, slot, ...)`` only), augmented pairs, synthetic pairs with a known displacement, and the pool of all pairs of several tasks."""
+"""Drawing training samples: counter-based generators (a draw depends on ``(seed, step, slot, ...)`` only),
+augmented pairs, synthetic pairs with a known displacement, and the pool of all pairs of several tasks."""
 
 from __future__ import annotations
 

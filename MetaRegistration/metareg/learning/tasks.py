@@ -43,8 +43,10 @@ class Pair:
     moving_image: sitk.Image | None = field(default=None, repr=False)
 
     def images(self) -> tuple[sitk.Image, sitk.Image]:
-        fixed = self.fixed_image if self.fixed_image is not None else read_image(self.fixed, "pair fixed")
-        moving = self.moving_image if self.moving_image is not None else read_image(self.moving, "pair moving")
+        assert (self.fixed_image is not None or self.fixed is not None) and \
+            (self.moving_image is not None or self.moving is not None), "a pair needs its images or their paths"
+        fixed = self.fixed_image if self.fixed_image is not None else read_image(str(self.fixed), "pair fixed")
+        moving = self.moving_image if self.moving_image is not None else read_image(str(self.moving), "pair moving")
         return fixed, moving
 
 
@@ -117,7 +119,10 @@ def read_pair_rows(path: str | Path, name: str = "--pairs") -> list[PairRow]:
             rows.append(PairRow(number, None, f"line {number} has {len(cells)} cells, the header {len(header)}"))
             continue
         values = dict(zip(header, cells))
-        pair = Pair(**{column: resolve(values.get(column)) for column in PAIR_COLUMNS})
+        paths = {column: resolve(values.get(column)) for column in PAIR_COLUMNS}
+        pair = Pair(fixed=paths["fixed"], moving=paths["moving"], fixed_landmarks=paths["fixed_landmarks"],
+                    moving_landmarks=paths["moving_landmarks"], fixed_labels=paths["fixed_labels"],
+                    moving_labels=paths["moving_labels"])
         missing = [column for column in ("fixed", "moving") if getattr(pair, column) is None]
         if missing:
             rows.append(PairRow(number, None, f"line {number} has no {' or '.join(missing)} path"))
@@ -132,7 +137,7 @@ def read_pairs_csv(path: str | Path, name: str = "--pairs") -> list[Pair]:
     for row in rows:
         if row.problem is not None:
             raise InputError(f"{name} {path}", row.problem)
-    return [row.pair for row in rows]
+    return [row.pair for row in rows if row.pair is not None]
 
 
 def load_task(spec: str | Path, data_dir: str | Path | None = None) -> Task:
@@ -238,7 +243,7 @@ class TaskData:
     def tensors(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if index not in self._cache:
             fixed, moving = self.task.pairs[index].images()
-            expected = len(self.grid_spec.size)
+            expected = len(self.grid_spec.size or ())
             if fixed.GetDimension() != expected or moving.GetDimension() != expected:
                 raise InputError(f"task {self.task.name} pair {index}",
                                  f"has {fixed.GetDimension()}-D images but the model grid is {expected}-D")

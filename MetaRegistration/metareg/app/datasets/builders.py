@@ -48,9 +48,9 @@ from metareg.app.datasets.readers import (
     high_gradient_points,
 )
 from metareg.core.landmarks import Landmarks, write_landmarks
+from metareg.learning.tasks import PAIR_COLUMNS
 
 BUILDER_VERSION = 1  # bump when a builder changes what it writes; tasks built by another version are rebuilt
-PAIR_COLUMNS = ("fixed", "moving", "fixed_landmarks", "moving_landmarks", "fixed_labels", "moving_labels")
 ROLES = ("source", "target")
 PAIRINGS = ("adjacent-slices", "atlas", "cine-frames", "synthetic-warp", "explicit")
 

@@ -1,4 +1,5 @@
-"""The catalogue of task sets (:data:`TASKS`): for each, its sources, how its pairs are made, and the builder that writes it."""
+"""The catalogue of task sets (:data:`TASKS`): for each, its sources, how its pairs are made, and the builder that
+writes it."""
 
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ BRAIN_3D_VOLUMES = BRAIN_T1_VOLUMES  # the same heads, each as one 3D volume
 
 _SYNTHETIC_NOTE = (
     "Landmark ground truth is SYNTHETIC: each moving image is the template seen through a known random smooth "
-    "mapping T(y) = R(y + e(y)) (e = metareg.learning.synthetic.random_smooth_field, R a small rigid motion; parameters per "
-    "image in truth.json), and each moving landmark q solves T(q) = p exactly (metareg.learning.synthetic.invert_points). "
+    "mapping T(y) = R(y + e(y)) (e = metareg.learning.synthetic.random_smooth_field, R a small rigid motion; "
+    "parameters per image in truth.json), and each moving landmark q solves T(q) = p exactly "
+    "(metareg.learning.synthetic.invert_points). "
     "TRE on these pairs measures recovery of a known synthetic warp, not registration of two real scans; say so "
     "wherever it is reported."
 )

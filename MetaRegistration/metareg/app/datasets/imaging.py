@@ -204,8 +204,8 @@ def synthetic_warp(template: sitk.Image, grid: sitk.Image, seed: int, settings: 
 
     All random choices come from ``numpy.random.default_rng(seed)``: the field's size and its own seed, the rotation
     (random axis in 3D; about the grid's centre ``c``), the shift ``t``, the intensity gamma and the noise. The field
-    ``e`` is :func:`metareg.learning.synthetic.random_smooth_field` on ``grid``; ``T`` is checked to have no folding, and each
-    ``q`` to satisfy ``|T(q) − p| < 1e-4 mm`` and to lie inside ``grid``.
+    ``e`` is :func:`metareg.learning.synthetic.random_smooth_field` on ``grid``; ``T`` is checked to have no folding,
+    and each ``q`` to satisfy ``|T(q) − p| < 1e-4 mm`` and to lie inside ``grid``.
 
     Args:
         template: image sampled through ``T`` (already at the resolution wanted; linear interpolation).
