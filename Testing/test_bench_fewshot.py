@@ -1,4 +1,5 @@
-"""benchmarks/fewshot_2d.py --quick: seed 000's few-shot table and curves on 3 fundus test pairs with tiny budgets.
+"""python -m benchmarks.fewshot_2d --quick: seed 000's few-shot table and curves on 3 fundus test pairs with tiny
+budgets.
 
 Needs the real tasks built by ``metareg data fetch`` (fundus-2d-finetune, fundus-2d-test) and the zoo's two 2D
 models. Checks the files, the rows of the table, the curves and that the numbers are sane: finite, NCC in [-1, 1],
@@ -10,13 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
-from metareg.learning.tasks import default_data_dir
+from conftest import require_tasks, run_benchmark
+
+pytestmark = pytest.mark.bench
 
 ROWS = ["Not deformed", "Model-Seen", "Model-Unseen", "Transfer", "Fine-tune (2 steps)", "Fine-tune (4 steps)",
         "Ours (2 steps)", "Ours (4 steps)"]
@@ -29,14 +29,9 @@ def _number(cell: str) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    if not all((default_data_dir() / "tasks" / name / "task.json").exists()
-               for name in ("fundus-2d-finetune", "fundus-2d-test")):
-        pytest.fail("the fundus tasks are missing: run `metareg data fetch` first")
+    require_tasks("fundus-2d-finetune", "fundus-2d-test")
     out = tmp_path_factory.mktemp("fewshot")
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fewshot_2d.py"), "--quick", "--threads", "1",
-                           "--out-dir", str(out), "--cache-dir", str(out / "cache")],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_benchmark("fewshot_2d", "--quick", "--threads", "1", "--out-dir", str(out), "--cache-dir", str(out / "cache"))
     return out
 
 

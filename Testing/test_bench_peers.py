@@ -1,4 +1,4 @@
-"""benchmarks/peers.py and benchmarks/peers_side_by_side.py (benchmark protocol 3: peers side by side).
+"""benchmarks.peers and benchmarks.peers_side_by_side (benchmark protocol 3: peers side by side).
 
 Geometry: every peer runner must return a displacement field on the fixed grid, LPS mm, fixed point ↦ moving point.
 Each is checked on a real image (the sample brain slice, and a small brain volume) given an oblique, anisotropic grid,
@@ -7,10 +7,10 @@ against a moving image that is the same image with its origin shifted by a known
 transforms is also checked against the point map ``x ↦ A(W(x))`` built by hand from its warp ``W`` and affine ``A``,
 and the VoxelMorph network's displacement convention against ours.
 
-Smoke test: ``peers_side_by_side.py --quick`` (2 fundus pairs, 1 brain pair shrunk ×2, tiny budgets) into a temporary
-folder; checks the files, the rows and that the numbers are sane (finite, NCC in [-1, 1], folding in [0, 100] %,
-every classical peer and our iterative method lowering the TRE). Needs the peers (``bash benchmarks/setup.sh``) and
-the tasks built by ``metareg data fetch``. No timing is asserted.
+Smoke test: ``python -m benchmarks.peers_side_by_side --quick`` (2 fundus pairs, 1 brain pair shrunk ×2, tiny
+budgets) into a temporary folder; checks the files, the rows and that the numbers are sane (finite, NCC in [-1, 1],
+folding in [0, 100] %, every classical peer and our iterative method lowering the TRE). Needs the peers (``bash
+benchmarks/setup.sh``) and the tasks built by ``metareg data fetch``. No timing is asserted.
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,12 +25,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO
+from benchmarks import peers
+from conftest import require_tasks, run_benchmark
+from metareg.core.geometry import Grid, map_points
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import peers  # noqa: E402
-from metareg.core.geometry import Grid, map_points  # noqa: E402
+pytestmark = pytest.mark.bench
 
 SHIFT_2D = np.array([3.0, -2.0])
 SHIFT_3D = np.array([2.5, -3.0, 2.0])
@@ -206,21 +202,11 @@ ROWS_3D = CLASSICAL + ["ours: iterative (no network)"]
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    from metareg.learning.tasks import default_data_dir
-
-    root = default_data_dir() / "tasks"
-    needed = ("fundus-2d-test", "brain-mr-3d-test", "brain-t1-2d", "brain-t2-2d", "head-ct-2d", "chest-ct-2d",
-              "ultrasound-2d")
-    missing = [t for t in needed if not (root / t / "pairs.csv").is_file()]
-    if missing:
-        pytest.fail(f"tasks {missing} are missing: run `metareg data fetch` first (see DATA.md)")
+    require_tasks("fundus-2d-test", "brain-mr-3d-test", "brain-t1-2d", "brain-t2-2d", "head-ct-2d", "chest-ct-2d",
+                  "ultrasound-2d")
     out = tmp_path_factory.mktemp("peers")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "peers_side_by_side.py"), "--quick",
-                           "--threads", "1", "--adapt-steps", "2", "--out-dir", str(out),
-                           "--cache-dir", str(out / "cache"), "--model-3d", str(out / "no-such-3d-model.safetensors")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_benchmark("peers_side_by_side", "--quick", "--threads", "1", "--adapt-steps", "2", "--out-dir", str(out),
+                         "--cache-dir", str(out / "cache"), "--model-3d", str(out / "no-such-3d-model.safetensors"))
     return out, done.stdout
 
 

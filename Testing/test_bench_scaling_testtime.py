@@ -1,4 +1,4 @@
-"""The quick modes of benchmarks/scaling.py (protocol 4) and benchmarks/testtime_3d.py (protocol 2) write sane results.
+"""The quick modes of benchmarks.scaling (protocol 4) and benchmarks.testtime_3d (protocol 2) write sane results.
 
 Each benchmark runs as a user would run it (a subprocess, one CPU thread) into a temporary folder; the test checks the
 files it writes: the expected rows, finite positive numbers, and — for the testtime benchmark — that the classical
@@ -11,21 +11,12 @@ import csv
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import require_tasks, run_benchmark, save_tiny_model
 
-DATA_TASKS = ("brain-mr-3d", "brain-mr-3d-warp", "brain-mr-3d-test")
-
-
-def _run(args: list[str], cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"{args[0]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
+pytestmark = pytest.mark.bench
 
 
 def _finite_positive(value) -> bool:
@@ -33,7 +24,7 @@ def _finite_positive(value) -> bool:
 
 
 def test_scaling_quick_writes_a_sane_table(tmp_path):
-    _run([str(REPO / "benchmarks" / "scaling.py"), "--quick", "--threads", "1", "--out-dir", str(tmp_path)], REPO)
+    run_benchmark("scaling", "--quick", "--threads", "1", "--out-dir", str(tmp_path))
     for suffix in ("csv", "md", "json", "png"):
         assert (tmp_path / f"scaling.{suffix}").stat().st_size > 0, suffix
     result = json.loads((tmp_path / "scaling.json").read_text())
@@ -61,34 +52,16 @@ def test_scaling_quick_writes_a_sane_table(tmp_path):
     assert "| 3 | 48³ |" in table and "random weights" in table and "voxels^" in table
 
 
-@pytest.fixture(scope="module")
-def brain_tasks():
-    from metareg.learning.tasks import default_data_dir
-
-    root = default_data_dir() / "tasks"
-    missing = [t for t in DATA_TASKS if not (root / t / "pairs.csv").is_file()]
-    if missing:
-        pytest.fail(f"tasks {missing} are missing: run `metareg data fetch` first (see DATA.md)")
-    return root
-
-
-def test_testtime_quick_writes_a_sane_table(tmp_path, brain_tasks):
-    import torch
-
-    from metareg.core.modelio import save_model
-    from metareg.core.networks import build_network
-
-    # a small 3D model stands in for the zoo's meta-registration model (which the test must not depend on)
-    torch.manual_seed(0)
-    network = build_network({"family": "unet", "dim": 3, "diffeomorphic": True,
-                             "encoder_channels": [8, 16, 16], "decoder_channels": [16, 16, 16, 8]})
-    save_model(network, tmp_path / "stand-in.safetensors",
-               {"purpose": "test stand-in", "grid": {"size": [32, 40, 32], "spacing": None},
-                "normalisation": {"method": "percentile", "low": 1.0, "high": 99.0}, "loss": {},
-                "adaptation": {"learning_rate": 1e-3}, "training": {}, "metrics": {}})
+def test_testtime_quick_writes_a_sane_table(tmp_path):
+    require_tasks("brain-mr-3d", "brain-mr-3d-warp", "brain-mr-3d-test")
+    # the tiny network stands in for the zoo's meta-registration model (which the test must not depend on)
+    stand_in = save_tiny_model(tmp_path / "stand-in.safetensors", 3, {
+        "purpose": "test stand-in", "grid": {"size": [32, 40, 32], "spacing": None},
+        "normalisation": {"method": "percentile", "low": 1.0, "high": 99.0}, "loss": {},
+        "adaptation": {"learning_rate": 1e-3}, "training": {}, "metrics": {}})
     out = tmp_path / "results"
-    done = _run([str(REPO / "benchmarks" / "testtime_3d.py"), "--quick", "--threads", "1", "--out-dir", str(out),
-                 "--cache-dir", str(tmp_path / "cache"), "--model", str(tmp_path / "stand-in.safetensors")], REPO)
+    done = run_benchmark("testtime_3d", "--quick", "--threads", "1", "--out-dir", str(out),
+                         "--cache-dir", str(tmp_path / "cache"), "--model", str(stand_in))
     assert "training LocalNet, VoxelMorph-style U-Net: 3 steps" in done.stdout  # a fresh cache: both are trained
     for suffix in ("csv", "md", "json"):
         assert (out / f"testtime-3d.{suffix}").stat().st_size > 0, suffix

@@ -1,4 +1,5 @@
-"""benchmarks/slicer_module.py --quick writes sane results (the module's engine process vs the CLI, in slicer-core).
+"""python -m benchmarks.slicer_module --quick writes sane results (the module's engine process vs the CLI, in
+slicer-core).
 
 The benchmark runs as a user would run it (a subprocess, one CPU thread) into a temporary folder, so
 benchmarks/results is never touched. The test checks the files and that every entry the benchmark promises is
@@ -12,13 +13,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import run_benchmark
+
+pytestmark = pytest.mark.bench
 
 
 def _finite(value) -> bool:
@@ -28,11 +28,7 @@ def _finite(value) -> bool:
 @pytest.fixture(scope="module")
 def quick_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("slicer-module")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "slicer_module.py"), "--quick", "--threads", "1",
-                           "--out", str(out / "slicer-module")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_benchmark("slicer_module", "--quick", "--threads", "1", "--out", str(out / "slicer-module"))
     return out, json.loads((out / "slicer-module.json").read_text()), done.stdout
 
 

@@ -1,7 +1,7 @@
 """Images of clinical size: a CT-sized pair (512×512×400 voxels) and a 0.6 mm isotropic brain, registered at default
 settings by `metareg register` as a user runs it, with its outputs written; wall seconds and peak memory.
 
-    .venv/bin/python benchmarks/clinical_size.py [--quick] [--threads 2] [--out-dir DIR]
+    .venv/bin/python -m benchmarks.clinical_size [--quick] [--threads 2] [--out-dir DIR]
 
 Pairs: the repository's sample brain pair (Resources/SampleData brain3d T1, 2 mm, 96×114×96; the moving image is the
 fixed one after a known synthetic warp, with 32 AFIDs landmarks on both) resampled (linear) to
@@ -24,18 +24,15 @@ estimated before the work; TRE before → after on the landmarks (mm); folding. 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import benchmark_parser, environment, run_measured, write_results
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import RESULTS, environment, run_measured, write_results  # noqa: E402
-
 SAMPLES = HERE.parent / "Resources" / "SampleData"
 CASES = {"ct-sized": {"size": (512, 512, 400)}, "brain-0.6mm": {"spacing": 0.6}}
 QUICK_CASES = {"ct-sized-quick": {"size": (96, 96, 76)}, "brain-2.4mm": {"spacing": 2.4}}
@@ -81,10 +78,8 @@ def job_register(fixed: str, moving: str, method: list[str], out: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small stand-ins of both sizes (for the test suite)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser = benchmark_parser(__doc__, threads=2, quick="small stand-ins of both sizes (for the test suite)",
+                              out_dir="where the result files go (default benchmarks/results)")
     args = parser.parse_args(argv)
     cases = QUICK_CASES if args.quick else CASES
     rows, raw = [], []

@@ -1,7 +1,7 @@
 """Few-shot adaptation to an unseen 2D domain: seed 000's Table 1 and Fig. 3 on our data and models.
 
-    .venv/bin/python benchmarks/fewshot_2d.py            # full: ~15 min on one CPU thread
-    .venv/bin/python benchmarks/fewshot_2d.py --quick --out-dir /tmp/x   # tiny budgets, 3 test pairs, ~1 min
+    .venv/bin/python -m benchmarks.fewshot_2d            # full: ~15 min on one CPU thread
+    .venv/bin/python -m benchmarks.fewshot_2d --quick --out-dir /tmp/x   # tiny budgets, 3 test pairs, ~1 min
 
 Setting (seed 000, Park et al.): source domains brain-t1-2d, brain-t2-2d, head-ct-2d, chest-ct-2d, ultrasound-2d; the
 unseen target domain is fundus photographs: ``fundus-2d-finetune`` (18 pairs, the few-shot training set) and
@@ -43,9 +43,7 @@ at every later evaluated step (robust to a single lucky checkpoint).
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import math
 import shutil
 import sys
@@ -55,10 +53,10 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks.common import (RESULTS, benchmark_parser, environment, evaluate_field, landmark_pairs, mean_sd,
+                               run_measured, set_threads, summarise, write_results)
 
-from common import RESULTS, environment, landmark_pairs, mean_sd, run_measured, set_threads, write_results  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SOURCES = ["brain-t1-2d", "brain-t2-2d", "head-ct-2d", "chest-ct-2d", "ultrasound-2d"]
 FINETUNE_TASK = "fundus-2d-finetune"
@@ -94,37 +92,32 @@ def train_config(steps: int, checkpoint_every: int, recipe: dict):
                        augment=AugmentConfig(**recipe["augment"]), seed=SEED, checkpoint_every=checkpoint_every)
 
 
-def evaluate(model, pairs) -> dict:
-    """Register every test pair with ``model`` (no adaptation): per-pair TRE (mm), NCC after, folding fraction."""
-    from metareg.core.registration import register
+#: What is kept of each test pair's :func:`common.evaluate_field` (lists over the pairs, as in the JSON's per_pair):
+#: after a registration, and for the identity (the pair as it is).
+MEASURES = {"tre_mm": "tre_after_mm", "ncc_after": "ncc_after", "folding_fraction": "folding_fraction"}
+IDENTITY_MEASURES = {"tre_mm": "tre_before_mm", "ncc_after": "ncc_before", "folding_fraction": "folding_fraction"}
 
-    tre, ncc, folding = [], [], []
-    for pair in pairs:
-        result = register(pair.fixed, pair.moving, model=model, refine_steps=0, device="cpu")
-        tre.append(float(pair.tre_mm(result.field).mean()))
-        ncc.append(float(result.report["ncc_after"]))
-        folding.append(float(result.report["folding_fraction"]))
-    return {"tre_mm": tre, "ncc_after": ncc, "folding_fraction": folding}
+
+def measure(pairs, fields, measures: dict = MEASURES) -> dict:
+    """Per-pair TRE (mm), NCC after and folding fraction of each pair's field (:func:`common.evaluate_field`)."""
+    rows = [evaluate_field(pair, field) for pair, field in zip(pairs, fields)]
+    return {key: [row[measured] for row in rows] for key, measured in measures.items()}
+
+
+def evaluate(model, pairs) -> dict:
+    """Register every test pair with ``model`` (no adaptation) and measure its field."""
+    from metareg.core.registration import NetworkMethod, register
+
+    method = NetworkMethod(model, refine_steps=0)
+    return measure(pairs, (register(p.fixed, p.moving, method=method, device="cpu").field for p in pairs))
 
 
 def evaluate_identity(pairs) -> dict:
-    """The identity: TRE of the landmarks as they are; NCC of fixed and moving (moving resampled on the fixed grid)."""
-    import SimpleITK as sitk
+    """The identity (a zero field): TRE of the landmarks as they are; NCC of fixed and moving (moving resampled on the
+    fixed grid)."""
+    from metareg.core.geometry import identity_field
 
-    from metareg.core import metrics
-    from metareg.core.geometry import Grid, resample_onto
-    from metareg.core.registration import overlap_mask
-
-    tre, ncc = [], []
-    for pair in pairs:
-        dim = pair.fixed.GetDimension()
-        zero = sitk.Image(pair.fixed.GetSize(), sitk.sitkVectorFloat64, dim)
-        zero.CopyInformation(pair.fixed)
-        moving_on_fixed = resample_onto(pair.moving, Grid.from_image(pair.fixed))
-        tre.append(pair.tre_before_mm)
-        ncc.append(metrics.ncc(sitk.GetArrayViewFromImage(pair.fixed).astype(np.float64),
-                               sitk.GetArrayViewFromImage(moving_on_fixed), overlap_mask(pair.moving, zero)))
-    return {"tre_mm": tre, "ncc_after": ncc, "folding_fraction": [0.0] * len(pairs)}
+    return measure(pairs, (identity_field(p.fixed) for p in pairs), IDENTITY_MEASURES)
 
 
 def read_loss_log(path: Path) -> list[dict]:
@@ -302,15 +295,14 @@ def describe_augment(name: str) -> str:
 
 
 def summary(evaluation: dict) -> dict:
-    return {key: {"mean": float(np.mean(v)), "sd": float(np.std(v))} for key, v in evaluation.items()}
+    """Mean and sd over the pairs of each of an evaluation's lists (:func:`common.summarise`)."""
+    return summarise([dict(zip(evaluation, values)) for values in zip(*evaluation.values())], keys=list(evaluation))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny budgets (2/4 steps) and 3 test pairs")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="where the results go (default: benchmarks/results; quick mode: the cache folder)")
+    parser = benchmark_parser(
+        __doc__, quick="tiny budgets (2/4 steps) and 3 test pairs", out_dir_default=None,
+        out_dir="where the results go (default: benchmarks/results; quick mode: the cache folder)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="intermediate models (default benchmarks/.cache/fewshot-2d[-quick], git-ignored)")
     parser.add_argument("--short", type=int, default=None, help="short fine-tuning budget (steps)")
@@ -395,12 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     curve_out = {}
     for label, run in curves.items():
         steps = sorted(run["evaluations"])
+        stats = [summary(run["evaluations"][s]) for s in steps]
         curve_out[label] = {
             "steps": steps,
-            "tre_mean": [float(np.mean(run["evaluations"][s]["tre_mm"])) for s in steps],
-            "tre_sd": [float(np.std(run["evaluations"][s]["tre_mm"])) for s in steps],
-            "ncc_mean": [float(np.mean(run["evaluations"][s]["ncc_after"])) for s in steps],
-            "ncc_sd": [float(np.std(run["evaluations"][s]["ncc_after"])) for s in steps],
+            "tre_mean": [x["tre_mm"]["mean"] for x in stats], "tre_sd": [x["tre_mm"]["sd"] for x in stats],
+            "ncc_mean": [x["ncc_after"]["mean"] for x in stats], "ncc_sd": [x["ncc_after"]["sd"] for x in stats],
             "per_pair_tre_mm": [run["evaluations"][s]["tre_mm"] for s in steps],
             "loss": run["loss"],
         }

@@ -438,7 +438,7 @@ def run_voxelmorph(fixed: sitk.Image, moving: sitk.Image, weights: str | Path, t
     grid, fixed_t, moving_t = prepare_pair(fixed, moving, GridSpec(**record["grid"]),
                                            Normalisation(**record["normalisation"]), prealign)
     with torch.no_grad():
-        disp = network(moving_t, fixed_t)
+        disp = network(moving_t, fixed_t)  # VoxelMorph: (source, target)
     field = network_displacement_to_field(disp, grid, fixed, prealign)
     seconds = time.perf_counter() - started
     return _on_fixed_grid(field, fixed, "VoxelMorph"), seconds

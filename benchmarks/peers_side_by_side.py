@@ -1,8 +1,8 @@
 """Peers side by side (benchmark protocol 3): classical and learned registration methods on the same 2D and 3D pairs.
 
-    .venv/bin/python benchmarks/peers_side_by_side.py                      # full: 18 2D pairs, 8 3D pairs
-    .venv/bin/python benchmarks/peers_side_by_side.py --limit-3d 4         # full, the first 4 3D pairs only
-    .venv/bin/python benchmarks/peers_side_by_side.py --quick --out-dir /tmp/peers   # smoke test, ~2-3 min
+    .venv/bin/python -m benchmarks.peers_side_by_side                      # full: 18 2D pairs, 8 3D pairs
+    .venv/bin/python -m benchmarks.peers_side_by_side --limit-3d 4         # full, the first 4 3D pairs only
+    .venv/bin/python -m benchmarks.peers_side_by_side --quick --out-dir /tmp/peers   # smoke test, ~2-3 min
 
 Pairs (built by ``metareg data fetch``; DATA.md):
 
@@ -24,7 +24,8 @@ Methods (every one on ``--threads`` CPU threads, default 1: elastix ``-threads``
   and our iterative method (:func:`metareg.core.registration.register` without a model). A missing zoo model is reported and
   only its rows are left out.
 
-Measured per method, over the pairs (each method's pairs run in one fresh process, :func:`common.run_measured`):
+Measured per method, over the pairs (each method's pairs run in one fresh process, :func:`common.run_measured`;
+the measures of each pair's field are :func:`common.evaluate_field`'s):
 
 - TRE (mm): per pair the mean over its landmarks of |φ(p) − q|, φ the method's field (fixed point ↦ moving point, LPS
   mm on the fixed image's grid), p the fixed and q the moving landmark; then mean ± sd over pairs. It is measured
@@ -44,7 +45,6 @@ Outputs: ``peers-2d.{csv,md,json,png}`` and ``peers-3d.{csv,md,json,png}`` under
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -54,10 +54,11 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks import peers
+from benchmarks.common import (RESULTS, benchmark_parser, environment, evaluate_field, landmark_pairs, method_row,
+                               run_measured, set_threads, write_results)
 
-from common import RESULTS, environment, landmark_pairs, mean_sd, run_measured, set_threads, write_results  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 TASK_2D = "fundus-2d-test"
 TASK_3D = "brain-mr-3d-test"
@@ -96,68 +97,47 @@ def shrink_pair(pair, factor: int):
                    moving=sitk.BinShrink(sitk.Cast(pair.moving, sitk.sitkFloat32), shrink))
 
 
-def _ours(fixed, moving, model, adapt_steps: int, threads: int):
-    """Our network (adapted, not refined: `zoo_heldout.py` measures refinement); seconds = every stage up to the
-    exported field (not the warped image or the metrics)."""
-    from metareg.core.registration import register
+def run_ours(fixed, moving, threads: int = 1, model=None, adapt_steps: int = 0):
+    """Our network ``model`` (adapted ``adapt_steps`` steps, not refined: `zoo_heldout` measures refinement), or our
+    iterative method when ``model`` is None; seconds = every stage up to the exported field (not the warped image or
+    the metrics). ``threads``: set for the whole process by :func:`common.run_measured`."""
+    from metareg.core.registration import NetworkMethod, register
 
-    result = register(fixed, moving, model=model, adapt_steps=adapt_steps, refine_steps=0, device="cpu")
-    stages = result.report["seconds"]
+    method = None if model is None else NetworkMethod(model, adapt_steps=adapt_steps, refine_steps=0)
+    result = register(fixed, moving, method=method, device="cpu")
+    stages = result.report.seconds
     seconds = sum(v for k, v in stages.items() if k not in ("warp", "metrics", "total"))
     return result.field, seconds
 
 
-def measure_field(pair, field) -> dict:
-    """TRE before/after (mm), NCC before/after on the common region, folding fraction of one pair's field."""
-    import SimpleITK as sitk
-
-    from metareg.core import metrics
-    from metareg.core.geometry import Grid, resample_onto, warp_image
-    from metareg.core.registration import overlap_mask
-
-    fixed_array = sitk.GetArrayFromImage(pair.fixed).astype(np.float64)
-    region = overlap_mask(pair.moving, field)
-    # copies, not views: a view of a temporary image would outlive the image's memory
-    before = sitk.GetArrayFromImage(resample_onto(pair.moving, Grid.from_image(pair.fixed)))
-    after = sitk.GetArrayFromImage(warp_image(pair.moving, field))
-    tre = pair.tre_mm(field)
-    return {"tre_before_mm": pair.tre_before_mm, "tre_after_mm": float(tre.mean()),
-            "tre_after_max_mm": float(tre.max()),
-            "ncc_before": metrics.ncc(fixed_array, before, region), "ncc_after": metrics.ncc(fixed_array, after, region),
-            "folding_fraction": metrics.folding_fraction(metrics.jacobian_determinant(field))}
+#: The methods :func:`job_method` runs, by key: ``runner(fixed, moving, threads=..., **options) -> (field, seconds)``.
+#: The options are the method's entry of ``options`` in the JSON (for ``ours-network`` its ``model`` is a file, which
+#: :func:`job_method` loads once for all pairs).
+METHODS = {
+    "elastix": peers.run_elastix,
+    "ants": peers.run_ants_syn,
+    "sitk-bspline": peers.run_sitk_bspline,
+    "sitk-demons": peers.run_sitk_demons,
+    "voxelmorph": peers.run_voxelmorph,
+    "ours-network": run_ours,
+    "ours-iterative": run_ours,
+}
 
 
 def job_method(method: str, task: str, limit: int | None, downsample: int, threads: int, options: dict) -> list[dict]:
     """Run one method on every pair of ``task`` (first ``limit``, shrunk by ``downsample``): one row per pair."""
-    import peers
-
-    pairs = [shrink_pair(p, downsample) for p in landmark_pairs(task, limit=limit)]
-    model = None
-    if method == "ours-network":
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}")
+    runner, options = METHODS[method], dict(options)
+    if "model" in options:
         from metareg.core.modelio import load_model
 
-        model = load_model(options["model"])
+        options["model"] = load_model(options["model"])
+    pairs = [shrink_pair(p, downsample) for p in landmark_pairs(task, limit=limit)]
     rows = []
     for pair in pairs:
-        if method == "elastix":
-            field, seconds = peers.run_elastix(pair.fixed, pair.moving, threads=threads,
-                                               iterations=options.get("iterations"))
-        elif method == "ants":
-            field, seconds = peers.run_ants_syn(pair.fixed, pair.moving, threads=threads)
-        elif method == "sitk-bspline":
-            field, seconds = peers.run_sitk_bspline(pair.fixed, pair.moving, threads=threads,
-                                                    mesh_mm=float(options.get("mesh_mm", peers.BSPLINE_MESH_MM)))
-        elif method == "sitk-demons":
-            field, seconds = peers.run_sitk_demons(pair.fixed, pair.moving, threads=threads)
-        elif method == "voxelmorph":
-            field, seconds = peers.run_voxelmorph(pair.fixed, pair.moving, options["weights"], threads=threads)
-        elif method == "ours-network":
-            field, seconds = _ours(pair.fixed, pair.moving, model, int(options["adapt_steps"]), threads)
-        elif method == "ours-iterative":
-            field, seconds = _ours(pair.fixed, pair.moving, None, 0, threads)
-        else:
-            raise ValueError(f"unknown method {method!r}")
-        row = {"pair": pair.index, "seconds": float(seconds), **measure_field(pair, field)}
+        field, seconds = runner(pair.fixed, pair.moving, threads=threads, **options)
+        row = {"pair": pair.index, "seconds": float(seconds), **evaluate_field(pair, field)}
         print(f"  pair {pair.index}: TRE {row['tre_before_mm']:.2f} -> {row['tre_after_mm']:.2f} mm, "
               f"{seconds:.2f} s", flush=True)
         rows.append(row)
@@ -165,8 +145,6 @@ def job_method(method: str, task: str, limit: int | None, downsample: int, threa
 
 
 def job_train_voxelmorph(card: str, steps: int, out: str) -> dict:
-    import peers
-
     return peers.train_voxelmorph(card, steps, out)
 
 
@@ -174,8 +152,6 @@ def job_voxelmorph_3d_step(grid: list[int], steps: int) -> dict:
     """Seconds of one VoxelMorph training step (batch 1, forward + backward + Adam) on a 3D grid of random images."""
     import torch
     from neurite.nn.modules import NCC, SpatialGradient
-
-    import peers
 
     torch.manual_seed(0)
     network = peers.voxelmorph_network(3)
@@ -257,20 +233,12 @@ def ensure_voxelmorph(cache: Path, steps: int, threads: int) -> tuple[Path, dict
     return out, record, peak
 
 
-def summarise(name: str, rows: list[dict], peak: float, reference: dict | None) -> dict:
-    seconds = float(np.mean([r["seconds"] for r in rows]))
-    summary = {
-        "method": name, "pairs": len(rows),
-        "TRE before mm": mean_sd([r["tre_before_mm"] for r in rows]),
-        "TRE after mm (mean ± sd)": mean_sd([r["tre_after_mm"] for r in rows]),
-        "NCC before": mean_sd([r["ncc_before"] for r in rows]),
-        "NCC after (mean ± sd)": mean_sd([r["ncc_after"] for r in rows]),
-        "folding %": f"{100 * float(np.mean([r['folding_fraction'] for r in rows])):.3f}",
-        "s/pair": round(seconds, 2) if seconds >= 0.1 else round(seconds, 3),
-        "peak MiB": round(peak),
-        "time ÷ elastix": None, "memory ÷ elastix": None,
-    }
+def table_row(name: str, rows: list[dict], peak: float, reference: dict | None) -> dict:
+    """The method's line of the table (:func:`common.method_row`) with its peak memory, and its time and memory over
+    ``reference``'s (elastix's ``{"seconds", "peak"}``)."""
+    summary = {**method_row(name, rows), "peak MiB": round(peak), "time ÷ elastix": None, "memory ÷ elastix": None}
     if reference is not None:
+        seconds = float(np.mean([r["seconds"] for r in rows]))
         summary["time ÷ elastix"] = round(seconds / reference["seconds"], 3)
         summary["memory ÷ elastix"] = round(peak / reference["peak"], 2)
     return summary
@@ -344,7 +312,7 @@ def run_dimension(dim: int, args, budget: dict, out_dir: Path, cache: Path, env:
               f"{results[name]['seconds']:.2f} s a pair, peak {peak:.0f} MiB ({time.perf_counter() - started:.0f} s)",
               flush=True)
     reference = results[ELASTIX]
-    table = [summarise(name, r["rows"], r["peak"], reference) for name, r in results.items()]
+    table = [table_row(name, r["rows"], r["peak"], reference) for name, r in results.items()]
     tre_before = float(np.mean([r["tre_before_mm"] for r in reference["rows"]]))
 
     pairs = len(reference["rows"])
@@ -448,12 +416,10 @@ def voxelmorph_3d_note(args, budget: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 2 pairs of 2D, 1 pair of 3D shrunk ×2, 3 VoxelMorph training steps")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads of every method (default 1)")
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="where the results go (default benchmarks/results; quick mode: required)")
+    parser = benchmark_parser(__doc__, threads_help="CPU threads of every method (default 1)",
+                              quick="smoke test: 2 pairs of 2D, 1 pair of 3D shrunk ×2, 3 VoxelMorph training steps",
+                              out_dir="where the results go (default benchmarks/results; quick mode: required)",
+                              out_dir_default=None)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                         help="trained VoxelMorph weights (default benchmarks/.cache/peers, git-ignored)")
     parser.add_argument("--model-2d", default="multidomain-2d-reptile")
@@ -467,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick and args.out_dir is None:
         parser.error("--quick needs --out-dir (quick results never go into benchmarks/results)")
-    if args.adapt_steps < 0 or args.threads < 1:
-        parser.error("--adapt-steps must be >= 0 and --threads >= 1")
+    if args.adapt_steps < 0:
+        parser.error("--adapt-steps must be >= 0")
     budget = dict(QUICK if args.quick else FULL)
     if args.limit_2d:
         budget["pairs_2d"] = args.limit_2d
@@ -479,8 +445,6 @@ def main(argv: list[str] | None = None) -> int:
     dims = sorted({int(d) for d in args.dims.split(",")})
     if not set(dims) <= {2, 3}:
         parser.error("--dims takes 2, 3 or 2,3")
-    import peers
-
     missing = [what for what, ok in (("elastix", peers.elastix_available()), ("antspyx", peers.ants_available()),
                                      ("voxelmorph", peers.voxelmorph_available())) if not ok]
     if missing:

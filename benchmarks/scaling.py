@@ -1,13 +1,13 @@
 """Protocol 4, scaling: how inference, test-time adaptation and a whole registration grow with the model grid.
 
-    .venv/bin/python benchmarks/scaling.py [--quick] [--threads 1] [--device cpu|cuda] [--out-dir DIR]
+    .venv/bin/python -m benchmarks.scaling [--quick] [--threads 1] [--device cpu|cuda] [--out-dir DIR]
 
 What is measured, for each model grid size (ITK order x, y[, z]; 3D 64³, 96³, 128³, 160³, 160×192×160 — the
 target: 160×192×160 inference within 4 GB peak memory on a CPU — and 2D 128², 256², 512²):
 
 * **inference**: one forward pass of the network (``torch.no_grad``; for the 3D model this includes the scaling and
   squaring of its velocity field), wall seconds, median of ``--repeats`` passes after one warm-up pass;
-* **adaptation**: test-time adaptation steps (:func:`metareg.core.registration.adapt_network`: forward, loss, backward, Adam)
+* **adaptation**: test-time adaptation steps (:func:`metareg.core.adaptation.adapt_network`: forward, loss, backward, Adam)
   on the same pair, wall seconds per step = median of the steps after the first (the first step is the warm-up),
   and the wall seconds of a whole 10-step adaptation: measured as one 10-step call up to ``--adapt10-max-voxels``
   voxels; above it only ``--adapt-steps-large`` steps are run and the 10-step time is *estimated* as first step +
@@ -22,8 +22,8 @@ target: 160×192×160 inference within 4 GB peak memory on a CPU — and 2D 128�
 
 Networks: the zoo's architectures — 3D: the brain zoo recipe (/work/zoo3/train3d.sh: U-Net, encoder [16,32,32,32],
 decoder [32,32,32,32,16,16], diffeomorphic, 7 scaling-and-squaring steps); 2D: the card of
-``models/multidomain-2d-reptile.json`` — built by :func:`metareg.core.networks.build_network` with random weights (the
-time and memory of a pass do not depend on the weights' values). Inputs: a real image pair (Resources/SampleData
+``models/multidomain-2d-reptile.json`` — built by :meth:`metareg.core.networks.RegistrationNetwork.from_config` with
+random weights (the time and memory of a pass do not depend on the weights' values). Inputs: a real image pair (Resources/SampleData
 brain3d T1 pair, brain2d pair) resampled onto each grid and normalised exactly as registration does
 (:func:`metareg.core.preprocess.prepare_pair`). Loss of adaptation: local NCC (window 9) + gradient L2 (weight 1), the
 zoo models' loss.
@@ -50,11 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import benchmark_parser, environment, run_measured, set_threads, write_results
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import RESULTS, environment, run_measured, set_threads, write_results  # noqa: E402
-
 REPO = HERE.parent
 SAMPLES = REPO / "Resources" / "SampleData"
 PAIRS = {3: ("brain3d_fixed_T1.nii.gz", "brain3d_moving_T1.nii.gz"),
@@ -124,10 +122,10 @@ def _pair_on_grid(dim: int, size: tuple[int, ...], device):
 def _network(dim: int, device, seed: int = 0):
     import torch
 
-    from metareg.core.networks import build_network
+    from metareg.core.networks import RegistrationNetwork
 
     torch.manual_seed(seed)
-    return build_network(architecture(dim)).to(device).eval()
+    return RegistrationNetwork.from_config(architecture(dim)).to(device).eval()
 
 
 def measure_inference(dim: int, size: tuple[int, ...], device_name: str, repeats: int) -> dict:
@@ -145,7 +143,7 @@ def measure_inference(dim: int, size: tuple[int, ...], device_name: str, repeats
         for _ in range(repeats + 1):
             _sync(device)
             start = time.perf_counter()
-            disp = network(moving_t, fixed_t)
+            disp = network(fixed=fixed_t, moving=moving_t)
             _sync(device)
             seconds.append(time.perf_counter() - start)
     if not torch.isfinite(disp).all():
@@ -158,7 +156,7 @@ def measure_adaptation(dim: int, size: tuple[int, ...], device_name: str, steps:
     """One ``steps``-step test-time adaptation call at one grid size: its wall seconds and each step's seconds."""
     from metareg.core.device import resolve_device
     from metareg.core.losses import LossConfig
-    from metareg.core.registration import adapt_network
+    from metareg.core.adaptation import adapt_network
 
     device = resolve_device(device_name)
     fixed_t, moving_t = _pair_on_grid(dim, size, device)
@@ -172,7 +170,8 @@ def measure_adaptation(dim: int, size: tuple[int, ...], device_name: str, steps:
     _gpu_reset(device)
     _sync(device)
     start = time.perf_counter()
-    _, curve = adapt_network(network, fixed_t, moving_t, LossConfig(**LOSS), steps, 1e-3, progress=progress)
+    _, curve = adapt_network(network, lambda step: [(fixed_t, moving_t)], LossConfig(**LOSS), steps, 1e-3,
+                             progress=progress)
     _sync(device)
     total = time.perf_counter() - start
     step_seconds = list(np.diff([start, *stamps]))
@@ -189,7 +188,7 @@ def measure_register(dim: int, size: tuple[int, ...], device_name: str, repeats:
 
     from metareg.core.device import resolve_device
     from metareg.core.modelio import load_model, save_model
-    from metareg.core.registration import register
+    from metareg.core.registration import NetworkMethod, register
 
     device = resolve_device(device_name)
     fixed_name, moving_name = PAIRS[dim]
@@ -206,12 +205,12 @@ def measure_register(dim: int, size: tuple[int, ...], device_name: str, repeats:
     for _ in range(repeats + 1):
         _sync(device)
         start = time.perf_counter()
-        result = register(fixed, moving, model=model, device=device_name)
+        result = register(fixed, moving, method=NetworkMethod(model), device=device_name)
         _sync(device)
         totals.append(time.perf_counter() - start)
-        stages.append(result.report["seconds"])
-    if list(result.report["model_grid"]["size"]) != list(size):
-        raise RuntimeError(f"register used grid {result.report['model_grid']['size']}, expected {size}")
+        stages.append(result.report.seconds)
+    if list(result.report.model_grid["size"]) != list(size):
+        raise RuntimeError(f"register used grid {result.report.model_grid['size']}, expected {size}")
     return {"warmup_s": totals[0], "seconds": totals[1:], "stages": stages[1:],
             "gpu_peak_mib": _gpu_peak_mib(device), "fixed_size": list(fixed.GetSize())}
 
@@ -366,7 +365,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
                "estimate_over_measured": x["adapt_10_estimate_s"] / r["adapt_10_steps_s"]}
               for r, x in zip(rows, raw) if r["adapt_10_basis"] == "measured"]
     notes = notes_for(rows, fits, checks, args, repeats, register_repeats)
-    out_dir = Path(args.out_dir)
+    out_dir = args.out_dir
     paths = write_results(args.stem, "Scaling: inference, test-time adaptation and register() against grid size",
                           rows, env, notes, extra={"fits": fits, "adapt_10_estimate_checks": checks, "raw": raw,
                                                    "load_averages": args.load_averages,
@@ -438,15 +437,15 @@ def notes_for(rows, fits, checks, args, repeats, register_repeats) -> list[str]:
 
 
 def _parameters(dim: int) -> int:
-    from metareg.core.networks import build_network, count_parameters
+    from metareg.core.networks import RegistrationNetwork, count_parameters
 
-    return count_parameters(build_network(architecture(dim)))
+    return count_parameters(RegistrationNetwork.from_config(architecture(dim)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="two small grids per dimension, fewer repeats")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads of every measurement (default 1)")
+    parser = benchmark_parser(__doc__, threads_help="CPU threads of every measurement (default 1)",
+                              quick="two small grids per dimension, fewer repeats",
+                              out_dir="where the result files go (default benchmarks/results)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--repeats", type=int, default=None, help="timed forward passes after the warm-up (3; quick 2)")
     parser.add_argument("--register-repeats", type=int, default=None,
@@ -458,7 +457,6 @@ def main(argv: list[str] | None = None) -> int:
                              "quick 3)")
     parser.add_argument("--sizes-3d", default=None, help="override the 3D grids, e.g. '64,64,64;96,96,96'")
     parser.add_argument("--sizes-2d", default=None, help="override the 2D grids, e.g. '128,128;256,256'")
-    parser.add_argument("--out-dir", default=str(RESULTS), help="where the result files go (default benchmarks/results)")
     parser.add_argument("--stem", default="scaling", help="result file stem (default scaling)")
     args = parser.parse_args(argv)
     if args.adapt_steps_large is not None and args.adapt_steps_large < 2:

@@ -1,7 +1,7 @@
 """The Slicer module's engine process: its overhead over the command line, cancel latency, and the GIL test.
 
-    .venv/bin/python benchmarks/slicer_module.py [--repeats 3] [--threads 2] [--out slicer-module]
-    .venv/bin/python benchmarks/slicer_module.py --quick --out /tmp/x/slicer-module   # smoke test, ~2 min
+    .venv/bin/python -m benchmarks.slicer_module [--repeats 3] [--threads 2] [--out slicer-module]
+    .venv/bin/python -m benchmarks.slicer_module --quick --out /tmp/x/slicer-module   # smoke test, ~2 min
 
 Runs in slicer-core (real MRML, no desktop application), on the brain3d sample pair (Resources/SampleData, its 32
 landmarks included), and measures:
@@ -48,7 +48,6 @@ benchmarks/results). The JSON has every run's numbers under ``overhead``, ``canc
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import math
@@ -62,13 +61,13 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.common import RESULTS, benchmark_parser, environment, set_threads, write_results
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+#: The Slicer module's folder: its MetaRegistrationLib is imported from there (the project's editable install puts
+#: the folder on the path) and the CLI subprocess gets it on its PYTHONPATH.
 MODULE_DIR = REPO / "MetaRegistration"
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(MODULE_DIR))
-
-from common import RESULTS, environment, set_threads, write_results  # noqa: E402
 
 DEFAULT_STEM = "slicer-module"
 SAMPLES = REPO / "Resources" / "SampleData"
@@ -455,12 +454,10 @@ def out_paths(stem: str) -> tuple[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="1 repeat, iterative 4,2,1 only, no zoo rows, one cancel (smoke test; needs "
-                             "--out DIR/STEM)")
+    parser = benchmark_parser(__doc__, threads=2, threads_help="CPU threads of both paths' child processes (default 2)",
+                              quick="1 repeat, iterative 4,2,1 only, no zoo rows, one cancel (smoke test; needs "
+                                    "--out DIR/STEM)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of every measurement (default 3; quick 1)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads of both paths' child processes (default 2)")
     parser.add_argument("--out", default=None, metavar="STEM",
                         help=f"result files STEM.{{csv,md,json}}: a bare name goes into benchmarks/results/ "
                              f"(default {DEFAULT_STEM}); a path into its folder")
@@ -477,7 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)  # os.environ: both the CLI subprocess and the module's worker inherit it
     env = environment(args.threads, argv)
 
-    from MetaRegistrationLib import headless, logic, sampledata
+    try:
+        from MetaRegistrationLib import headless, logic, sampledata
+    except ModuleNotFoundError as error:
+        if error.name != "MetaRegistrationLib":
+            raise
+        raise SystemExit(f"the Slicer module's MetaRegistrationLib is not on the path: install the project editable "
+                         f"(`pip install -e .`, as ./run does), which puts {MODULE_DIR} on it") from None
 
     app = headless.get_app()
 

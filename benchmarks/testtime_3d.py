@@ -1,6 +1,6 @@
 """Protocol 2, seed 002's "test-time optimisation" table on 3D brain MR: time, TRE, Dice, NCC and folding per method.
 
-    .venv/bin/python benchmarks/testtime_3d.py [--model brain-mr-3d-reptile] [--adapt-steps 5] [--train-steps 150]
+    .venv/bin/python -m benchmarks.testtime_3d [--model brain-mr-3d-reptile] [--adapt-steps 5] [--train-steps 150]
                                                [--train-grid 48,56,48] [--threads 1] [--quick] [--out-dir DIR]
 
 Rows (Baum et al., Table 1, on our data):
@@ -8,18 +8,19 @@ Rows (Baum et al., Table 1, on our data):
 * **classical iterative** — ``register(fixed, moving)`` with no model: our direct multi-resolution optimisation of
   the displacement field (local NCC + gradient L2, Adam; :mod:`metareg.core.iterative`, default settings);
 * **LocalNet** and **VoxelMorph-style U-Net** — reference networks trained here *the same way as each other* with
-  :func:`metareg.learning.recipes.pretrain`: same data (``brain-mr-3d`` + ``brain-mr-3d-warp``), loss (local NCC + gradient
-  L2, weight 1), model grid, steps, batch size 1, Adam 1e-3, augmentation, seed 0, diffeomorphic head — the recipe of
-  the 3D zoo model (/work/zoo3/train3d.sh; ``--recipe supervised``, the default: synthetic field supervision weight 1,
-  augmentation 5°/3 %/3 voxels, no pre-alignment; ``--recipe affine``: the script's later version, affine
+  :func:`metareg.learning.recipes.pretrain`: same data (``brain-mr-3d`` + ``brain-mr-3d-warp``), loss (local NCC +
+  gradient L2, weight 1), model grid, steps, batch size 1, Adam 1e-3, augmentation, seed 0, diffeomorphic head — the
+  recipe of the 3D zoo model (/work/zoo3/train3d.sh; ``--recipe supervised``, the default: synthetic field supervision
+  weight 1, augmentation 5°/3 %/3 voxels, no pre-alignment; ``--recipe affine``: the script's later version, affine
   pre-aligned pairs, unsupervised, 2°/1 %/1.5 voxels) at a small shared budget (default 150 steps at 48×56×48 on one
   CPU thread). They are budget-matched reference networks, not the zoo model. The training pairs are prepared once
   and shared by both networks. Trained models are cached in ``benchmarks/.cache/`` (git-ignored; the file name holds
   a hash of the whole training recipe), so a rerun skips training;
 * **meta-registration** — the zoo model (``--model``, default ``brain-mr-3d-reptile``: pair-level Reptile) with
   0 test-time steps and with ``--adapt-steps`` (default 5) test-time adaptation steps on each pair
-  (``register(..., adapt_steps=5)``, the card's adaptation learning rate). When the model does not exist the script
-  says why and leaves out only those two rows (``--require-model`` makes that an error instead).
+  (``register(fixed, moving, NetworkMethod(model, adapt_steps=5))``, the card's adaptation learning rate). When the
+  model does not exist the script says why and leaves out only those two rows (``--require-model`` makes that an error
+  instead).
 
 Evaluation: the pairs of ``brain-mr-3d-test`` (held out, 8 pairs): the MNI 2009c T1w template (2 mm, 96×112×96)
 against the template seen through **known synthetic** smooth warps plus small rigid motions; 32 AFID landmarks per
@@ -27,14 +28,15 @@ pair whose moving positions follow from the known warp. So TRE measures recovery
 registration of two real subjects.
 
 Columns: ``seconds`` — wall seconds of one ``register()`` call per pair (affine pre-alignment where the model card
-asks for it, resampling onto the model grid, test-time adaptation, network or iterative optimisation, the voxel displacement turned into the physical field on the fixed
-grid, the warp of the moving image; the metrics stage excluded), mean over pairs, CPU with ``--threads`` threads,
-after one untimed warm-up call per network; ``TRE`` — per pair the mean over landmarks of |φ(p) − q| in mm (fixed
-landmark p mapped through the field, LPS mm, against its moving landmark q), then mean ± sd over pairs; ``Dice`` —
-mean over labels of the warped moving label map against the fixed one when the task lists label maps, else "—":
-``brain-mr-3d-test`` has none (Baum et al. used prostate gland segmentations; we have none for these volumes and do
-not invent any); ``NCC after`` — NCC of fixed and warped moving image on the fixed grid (common region), mean over
-pairs; ``folding %`` — share of fixed-grid voxels with Jacobian determinant ≤ 0, mean over pairs.
+asks for it, resampling onto the model grid, test-time adaptation, network or iterative optimisation, the voxel
+displacement turned into the physical field on the fixed grid, the warp of the moving image; the metrics stage
+excluded), mean over pairs, CPU with ``--threads`` threads, after one untimed warm-up call per network; ``TRE`` — per
+pair the mean over landmarks of |φ(p) − q| in mm (fixed landmark p mapped through the field, LPS mm, against its moving
+landmark q), then mean ± sd over pairs; ``Dice`` — mean over labels of the warped moving label map against the fixed one
+when the task lists label maps, else "—": ``brain-mr-3d-test`` has none (Baum et al. used prostate gland segmentations;
+we have none for these volumes and do not invent any); ``NCC after`` — NCC of fixed and warped moving image on the fixed
+grid (common region), mean over pairs; ``folding %`` — share of fixed-grid voxels with Jacobian determinant ≤ 0, mean
+over pairs.
 
 Outputs: ``<out-dir>/testtime-3d.{csv,md,json}`` (default benchmarks/results/). ``--quick``: 1 pair, 3 training steps
 at 32×40×32, a shortened iterative schedule (levels 1/4, 1/2; 30 + 20 steps) — for the test
@@ -53,10 +55,10 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks.common import (benchmark_parser, environment, evaluate_field, landmark_pairs, mean_sd, run_measured,
+                               set_threads, summarise, write_results)
 
-from common import RESULTS, environment, landmark_pairs, mean_sd, run_measured, set_threads, write_results  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 CACHE = HERE / ".cache"
 TRAIN_TASKS = ("brain-mr-3d", "brain-mr-3d-warp")
@@ -104,7 +106,8 @@ def cached_model_path(recipe: dict, cache_dir: Path) -> Path:
 
 
 def train_references(recipes: dict[str, dict], outs: dict[str, str], data_dir: str | None) -> dict:
-    """Train the reference networks one after the other with :func:`metareg.learning.recipes.pretrain` (in a fresh process).
+    """Train the reference networks one after the other with :func:`metareg.learning.recipes.pretrain` (in a fresh
+    process).
 
     The recipes differ only in the architecture, so the networks share one prepared copy of the training pairs
     (model grid, normalisation, affine pre-alignment): the pairs the training will draw are prepared first, timed
@@ -208,25 +211,27 @@ def attach_labels(pairs, args: argparse.Namespace) -> bool:
 
 
 def evaluate(name: str, pairs, run_one, warmup=None) -> list[dict]:
-    """``run_one(pair) -> RegistrationResult`` on every pair; one row per pair (TRE in mm, LPS)."""
+    """``run_one(pair) -> RegistrationResult`` on every pair; one row per pair: its field measured by
+    :func:`common.evaluate_field` (TRE in mm, LPS), the report's seconds, pre-alignment, Dice and model grid."""
     if warmup is not None:
         warmup(pairs[0])
     rows = []
     for pair in pairs:
         result = run_one(pair)
-        report = result.report
+        report = result.report.to_dict()
         stages = report["seconds"]
         seconds = stages["total"] - stages.get("metrics", 0.0)
-        tre = pair.tre_mm(result.field)
+        measured = evaluate_field(pair, result.field)
         dice = (report.get("labels") or {}).get("mean_dice_after")
-        rows.append({"method": name, "pair": pair.index, "seconds": seconds, "affine": report["affine"], "tre_before_mm": pair.tre_before_mm,
-                     "tre_after_mm": float(tre.mean()), "tre_after_max_mm": float(tre.max()),
-                     "dice_after": dice, "ncc_before": report["ncc_before"], "ncc_after": report["ncc_after"],
-                     "folding_percent": 100.0 * report["folding_fraction"], "stages_s": stages,
+        rows.append({"method": name, "pair": pair.index, "seconds": seconds, "affine": report["affine"],
+                     "tre_before_mm": measured["tre_before_mm"], "tre_after_mm": measured["tre_after_mm"],
+                     "tre_after_max_mm": measured["tre_after_max_mm"], "dice_after": dice,
+                     "ncc_before": measured["ncc_before"], "ncc_after": measured["ncc_after"],
+                     "folding_percent": 100.0 * measured["folding_fraction"], "stages_s": stages,
                      "model_grid": report["model_grid"]["size"]})
-        print(f"  pair {pair.index}  {name:44s} TRE {pair.tre_before_mm:5.2f} -> {tre.mean():5.2f} mm  "
-              f"NCC {report['ncc_after']:.3f}  folding {100 * report['folding_fraction']:.3f} %  {seconds:6.1f} s",
-              flush=True)
+        print(f"  pair {pair.index}  {name:44s} TRE {measured['tre_before_mm']:5.2f} -> "
+              f"{measured['tre_after_mm']:5.2f} mm  NCC {measured['ncc_after']:.3f}  folding {100 * measured['folding_fraction']:.3f} %  "
+              f"{seconds:6.1f} s", flush=True)
     return rows
 
 
@@ -234,27 +239,25 @@ def labels_of(pair) -> dict:
     return {"fixed_labels": pair.fixed_labels, "moving_labels": pair.moving_labels}
 
 
+#: What the JSON's summary gives the mean and sd of, per method (:func:`common.summarise`).
+SUMMARY_KEYS = ("seconds", "tre_before_mm", "tre_after_mm", "ncc_before", "ncc_after", "folding_percent")
+
+
 def summary_row(name: str, rows: list[dict], grid: str) -> dict:
+    """The method's line of the table (means over its pairs; TRE and Dice mean ± sd)."""
+    summary = summarise(rows, (*SUMMARY_KEYS, "dice_after"))
     return {
         "method": name,
         "model grid": grid,
         "affine pre-alignment": "yes" if all(r["affine"] for r in rows) else "no",
         "pairs": len(rows),
-        "seconds": float(np.mean([r["seconds"] for r in rows])),
-        "TRE before mm": mean_sd([r["tre_before_mm"] for r in rows]),
-        "TRE after mm": mean_sd([r["tre_after_mm"] for r in rows]),
-        "Dice": mean_sd([r["dice_after"] for r in rows]),  # "—" when the task has no label maps
-        "NCC after": float(np.mean([r["ncc_after"] for r in rows])),
-        "folding %": float(np.mean([r["folding_percent"] for r in rows])),
+        "seconds": summary["seconds"]["mean"],
+        "TRE before mm": mean_sd(summary["tre_before_mm"]),
+        "TRE after mm": mean_sd(summary["tre_after_mm"]),
+        "Dice": mean_sd(summary["dice_after"]),  # "—" when the task has no label maps
+        "NCC after": summary["ncc_after"]["mean"],
+        "folding %": summary["folding_percent"]["mean"],
     }
-
-
-def numbers(rows: list[dict]) -> dict:
-    out = {}
-    for key in ("seconds", "tre_before_mm", "tre_after_mm", "ncc_before", "ncc_after", "folding_percent"):
-        values = [r[key] for r in rows]
-        out[key] = {"mean": float(np.mean(values)), "sd": float(np.std(values))}
-    return out
 
 
 def grid_text(size) -> str:
@@ -269,7 +272,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     from metareg.core.errors import ModelError
     from metareg.core.iterative import IterativeConfig
     from metareg.core.modelio import load_model
-    from metareg.core.registration import register
+    from metareg.core.registration import NetworkMethod, register
 
     started = time.perf_counter()
     args.load_averages = [os.getloadavg()[0]]
@@ -295,16 +298,18 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     iterative = IterativeConfig(**QUICK_ITERATIVE) if args.quick else IterativeConfig()
     name = "classical iterative (no network)"
     print(name, flush=True)
-    per_pair[name] = evaluate(name, pairs, lambda p: register(p.fixed, p.moving, iterative_config=iterative,
-                                                              device=args.device, **labels_of(p)))
+    per_pair[name] = evaluate(name, pairs, lambda p: register(p.fixed, p.moving, method=iterative, device=args.device,
+                                                              **labels_of(p)))
     table.append(summary_row(name, per_pair[name], grid_text(per_pair[name][0]["model_grid"]) + " (fixed grid)"))
 
     def network_rows(label: str, model, steps: int) -> None:
         print(label, flush=True)
         per_pair[label] = evaluate(
-            label, pairs, lambda p: register(p.fixed, p.moving, model=model, adapt_steps=steps, refine_steps=0,
+            label, pairs, lambda p: register(p.fixed, p.moving,
+                                             method=NetworkMethod(model, adapt_steps=steps, refine_steps=0),
                                              device=args.device, **labels_of(p)),
-            warmup=lambda p: register(p.fixed, p.moving, model=model, adapt_steps=min(steps, 1), refine_steps=0,
+            warmup=lambda p: register(p.fixed, p.moving,
+                                      method=NetworkMethod(model, adapt_steps=min(steps, 1), refine_steps=0),
                                       affine=False, device=args.device))
         table.append(summary_row(label, per_pair[label], grid_text(model.card.grid.size)))
 
@@ -319,12 +324,13 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     training = {FAMILIES[f]["label"]: info for f, (_, info) in references.items()}
     notes = notes_for(args, pairs, training, zoo, zoo_reason, iterative, has_labels)
     zoo_info = {"name": zoo.name, "file": str(zoo.weights_path), "sha256": zoo.card.sha256} if zoo else None
-    extra = {"has_labels": has_labels, "summary": {name: numbers(rows) for name, rows in per_pair.items()},
+    extra = {"has_labels": has_labels,
+             "summary": {name: summarise(rows, SUMMARY_KEYS) for name, rows in per_pair.items()},
              "per_pair": per_pair, "reference_networks": training, "zoo_model": zoo_info,
              "zoo_model_skipped": zoo_reason, "iterative_config": iterative.to_dict(), "task": args.task,
              "torch_threads": torch.get_num_threads(), "seconds_whole_benchmark": time.perf_counter() - started}
     paths = write_results(args.stem, "Test-time optimisation on 3D brain MR (seed 002, Table 1 protocol)", table, env,
-                          notes, extra=extra, out_dir=Path(args.out_dir))
+                          notes, extra=extra, out_dir=args.out_dir)
     print(paths["md"].read_text())
     print(f"whole benchmark: {time.perf_counter() - started:.0f} s")
     return paths
@@ -392,7 +398,8 @@ def prepare_text(training: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, quick="1 pair, 3 training steps at 32,40,32, short iterative",
+                              out_dir="where the result files go (default benchmarks/results)")
     parser.add_argument("--model", default="brain-mr-3d-reptile", help="the meta-registration model: zoo name or file")
     parser.add_argument("--require-model", action="store_true", help="fail instead of leaving its rows out")
     parser.add_argument("--adapt-steps", type=int, default=5, help="test-time steps of the meta-registration row")
@@ -407,11 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default=TEST_TASK, help=f"evaluation task (default {TEST_TASK})")
     parser.add_argument("--pairs", type=int, default=None, help="only the first N pairs (quick: 1)")
     parser.add_argument("--data-dir", default=None, help="where `metareg data fetch` put the tasks")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--cache-dir", default=str(CACHE), help="trained reference networks (default benchmarks/.cache)")
-    parser.add_argument("--quick", action="store_true", help="1 pair, 3 training steps at 32,40,32, short iterative")
-    parser.add_argument("--out-dir", default=str(RESULTS), help="where the result files go (default benchmarks/results)")
     parser.add_argument("--stem", default="testtime-3d", help="result file stem (default testtime-3d)")
     args = parser.parse_args(argv)
     args.train_steps = args.train_steps or (3 if args.quick else 150)

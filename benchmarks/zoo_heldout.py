@@ -1,6 +1,6 @@
 """Held-out evaluation of a zoo model, with elastix and our iterative method measured in the same run.
 
-    .venv/bin/python benchmarks/zoo_heldout.py --model brain-mr-3d-pretrained --model brain-mr-3d-reptile \\
+    .venv/bin/python -m benchmarks.zoo_heldout --model brain-mr-3d-pretrained --model brain-mr-3d-reptile \\
         --task brain-mr-3d-test --adapt-steps 0,10 --refine-steps 0,30 --elastix --iterative \\
         --out benchmarks/results/zoo-brain.json [--update-card]
 
@@ -8,44 +8,50 @@ For each pair of the task (built by ``metareg data fetch``; known synthetic warp
 each model at each number of test-time adaptation steps and of refinement steps (the iterative method started from
 the network's field), with the pre-alignment its card asks for, and optionally
 with elastix (affine + B-spline) and the iterative method, and reports per method the mean over pairs of TRE
-before/after (mm), NCC before/after, folding fraction and wall seconds (CPU threads as set by ``--threads``).
-``--update-card`` writes the summary (every method of the run, so each card carries elastix measured beside it),
-the command and the machine into each model card's ``metrics``.
+before/after (mm), NCC before/after, folding fraction and wall seconds (CPU threads as set by ``--threads``, for
+torch, ITK and elastix alike). Every field is measured the same way (:func:`benchmarks.common.evaluate_field`).
+
+``--out DIR/STEM.json`` writes ``STEM.json`` (the summary, every pair's numbers, the command and the machine),
+``STEM.md`` (the table) and ``STEM.csv`` into ``DIR``. ``--update-card`` writes the summary (every method of the
+run, so each card carries elastix measured beside it), the command and the machine into each model card's
+``metrics``; each card is replaced in one rename, after the updated card has been checked.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import shlex
 import sys
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-import torch
+from benchmarks.common import (benchmark_parser, environment, evaluate_field, landmark_pairs, method_row, set_threads,
+                               summarise, write_atomic, write_results)
+from benchmarks.peers import run_elastix
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from metareg.core import metrics  # noqa: E402
-from metareg.core.geometry import map_points  # noqa: E402
-from metareg.core.landmarks import match_landmarks, read_landmarks  # noqa: E402
-from metareg.core.card import RefinementDefaults  # noqa: E402
-from metareg.core.modelio import load_model  # noqa: E402
-from metareg.core.registration import register  # noqa: E402
-from metareg.learning.tasks import default_data_dir, load_task  # noqa: E402
-from peers import run_elastix  # noqa: E402
+NOTE = "TRE against known synthetic warps (see the task's truth.json), not between two real subjects."
 
 
-def summarise(rows: list[dict]) -> dict:
-    keys = ("tre_before_mm", "tre_after_mm", "ncc_before", "ncc_after", "folding_fraction", "seconds")
-    return {key: {"mean": float(np.mean([r[key] for r in rows])), "sd": float(np.std([r[key] for r in rows]))}
-            for key in keys} | {"pairs": len(rows)}
+def update_cards(card_paths: list[Path], task: str, summary: dict) -> None:
+    """Put ``summary`` under ``metrics[task]`` of each card, each file replaced in one rename.
+
+    Every updated card is checked as a card (:class:`metareg.core.card.ModelCard`) before any is written, so a card
+    that would no longer load is never written; the metrics are not among the settings the weights authenticate.
+    """
+    from metareg.core.card import ModelCard
+
+    texts = {}
+    for card_path in card_paths:
+        card = json.loads(card_path.read_text())
+        card.setdefault("metrics", {})[task] = summary
+        ModelCard.from_dict(card, f"model card {card_path}")
+        texts[card_path] = json.dumps(card, indent=2) + "\n"
+    for card_path, text in texts.items():
+        write_atomic(card_path, text)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, threads=2)
     parser.add_argument("--model", action="append", required=True, help="zoo name or file; repeat for several")
     parser.add_argument("--task", required=True)
     parser.add_argument("--data-dir", default=None)
@@ -57,79 +63,79 @@ def main(argv: list[str] | None = None) -> int:
                              "task's training pairs; not with --update-card)")
     parser.add_argument("--elastix", action="store_true")
     parser.add_argument("--iterative", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="only the first N pairs")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="DIR/STEM.json: the results (STEM.json, STEM.md and STEM.csv in DIR)")
     parser.add_argument("--update-card", action="store_true")
     args = parser.parse_args(argv)
     if args.refine_weight is not None and args.update_card:
         parser.error("--refine-weight measures a setting the card does not have: drop --update-card")
-    torch.set_num_threads(args.threads)
+    if args.out.suffix != ".json":
+        parser.error(f"--out {args.out}: must end in .json (STEM.md and STEM.csv go beside it)")
+    set_threads(args.threads)
+    env = environment(args.threads, argv)
+    import torch
+
+    from metareg.core.card import RefinementDefaults
+    from metareg.core.modelio import load_model
+    from metareg.core.registration import NetworkMethod, register
+    from metareg.learning.tasks import default_data_dir, load_task
+
     models = [load_model(name) for name in args.model]
     if args.refine_weight is not None:
         for model in models:  # in memory only: the card file is not touched
             model.card = model.card.replace(refinement=RefinementDefaults(model.card.refinement.steps,
                                                                           args.refine_weight))
     task = load_task(args.task, args.data_dir or default_data_dir())
-    pairs = task.pairs[: args.limit] if args.limit else task.pairs
+    pairs = landmark_pairs(task, limit=args.limit)
     methods: dict[str, list[dict]] = {}
-    for index, pair in enumerate(pairs):
-        fixed, moving = pair.images()
-        labels, p, q = match_landmarks(read_landmarks(pair.fixed_landmarks), read_landmarks(pair.moving_landmarks))
-        dim = fixed.GetDimension()
-        p, q = p[:, :dim], q[:, :dim]
-        before = float(metrics.landmark_distances_mm(p, q).mean())
+    for pair in pairs:
 
-        def record(name: str, field, seconds: float, ncc_before=None, ncc_after=None, folding=None):
-            tre = float(metrics.landmark_distances_mm(map_points(field, p), q).mean())
-            if folding is None:
-                folding = metrics.folding_fraction(metrics.jacobian_determinant(field))
-            methods.setdefault(name, []).append({"pair": index, "tre_before_mm": before, "tre_after_mm": tre,
-                                                 "ncc_before": ncc_before, "ncc_after": ncc_after,
-                                                 "folding_fraction": folding, "seconds": seconds})
-            print(f"pair {index} {name:24s} TRE {before:.2f} -> {tre:.2f} mm  {seconds:.1f} s", flush=True)
+        def record(name: str, field, seconds: float) -> None:
+            row = {"pair": pair.index, **evaluate_field(pair, field), "seconds": seconds}
+            methods.setdefault(name, []).append(row)
+            print(f"pair {pair.index} {name:24s} TRE {row['tre_before_mm']:.2f} -> {row['tre_after_mm']:.2f} mm  "
+                  f"{seconds:.1f} s", flush=True)
 
         for model in models:
             for steps in [int(s) for s in args.adapt_steps.split(",")]:
                 for refine in [int(s) for s in args.refine_steps.split(",")]:
-                    result = register(fixed, moving, model=model, adapt_steps=steps, adapt_learning_rate=args.adapt_lr,
-                                      refine_steps=refine, device="cpu")
-                    r = result.report
+                    method = NetworkMethod(model, adapt_steps=steps, adapt_learning_rate=args.adapt_lr,
+                                           refine_steps=refine)
+                    result = register(pair.fixed, pair.moving, method=method, device="cpu")
                     name = f"{model.name} +{steps} steps" + (f", refined {refine}" if refine else "")
                     if refine and args.refine_weight is not None:
                         name += f" (weight {args.refine_weight:g})"
-                    record(name, result.field, r["seconds"]["total"], r["ncc_before"], r["ncc_after"],
-                           r["folding_fraction"])
+                    record(name, result.field, result.report.seconds["total"])
         if args.iterative:
-            result = register(fixed, moving, device="cpu")
-            r = result.report
-            record("iterative", result.field, r["seconds"]["total"], r["ncc_before"], r["ncc_after"],
-                   r["folding_fraction"])
+            result = register(pair.fixed, pair.moving, device="cpu")
+            record("iterative", result.field, result.report.seconds["total"])
         if args.elastix:
-            field, seconds = run_elastix(fixed, moving, threads=args.threads)
-            record("elastix affine+bspline", field, seconds, None, None)
+            record("elastix affine+bspline", *run_elastix(pair.fixed, pair.moving, threads=args.threads))
     summary = {
         "models": [model.name for model in models], "task": task.name, "pairs": len(pairs),
-        "methods": {name: summarise([{k: (v if v is not None else float("nan")) for k, v in row.items()}
-                                     for row in rows]) for name, rows in methods.items()},
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "methods": {name: summarise(rows) for name, rows in methods.items()},
+        "command": env["command"],
         "machine": f"{platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}",
         "date": date.today().isoformat(),
-        "note": "TRE against known synthetic warps (see the task's truth.json), not between two real subjects.",
+        "note": NOTE,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"summary": summary, "per_pair": methods}, indent=2) + "\n")
+    title = f"Held-out evaluation of {', '.join(summary['models'])} on {task.name}"
+    table = [method_row(name, rows) for name, rows in methods.items()]
+    notes = [f"{len(pairs)} pairs of {task.name}. {NOTE}",
+             "TRE: per pair the mean over its landmarks of |φ(p) − q| (mm; φ the method's field, fixed point ↦ moving "
+             "point), then mean ± sd over pairs. NCC: fixed image and moving image (as it is, and warped) over the "
+             "region both mappings see; folding %: voxels with Jacobian determinant ≤ 0; s/pair: the registration's "
+             "wall seconds (for elastix, elastix alone)."]
+    paths = write_results(args.out.stem, title, table, env, notes=notes,
+                          extra={"summary": summary, "per_pair": methods}, out_dir=args.out.parent)
+    print(paths["md"].read_text(), flush=True)
     for name, s in summary["methods"].items():
         print(f"{name:28s} TRE {s['tre_before_mm']['mean']:.2f} -> {s['tre_after_mm']['mean']:.2f} ± "
               f"{s['tre_after_mm']['sd']:.2f} mm, folding {100 * s['folding_fraction']['mean']:.3f} %, "
               f"{s['seconds']['mean']:.1f} s")
     if args.update_card:
-        for model in models:
-            card_path = model.weights_path.with_suffix(".json")
-            card = json.loads(card_path.read_text())
-            card.setdefault("metrics", {})[task.name] = summary
-            card_path.write_text(json.dumps(card, indent=2) + "\n")
+        update_cards([model.weights_path.with_suffix(".json") for model in models], task.name, summary)
     return 0
 
 
