@@ -1,5 +1,5 @@
 """Issue 17, S1 #11: two runs writing the same outputs at once must not leave a mixed set (the warped image of one,
-the field of the other). Each run writes its set as one unit under locks on its output paths (``cli._output_locks``):
+the field of the other). Each run writes its set as one unit under locks on its output paths (``metareg.core.outputs._output_locks``):
 a second run that reaches its writing while the first holds them waits, then writes its own whole set.
 
 The test is the first run: it holds the locks of the output paths while a real ``metareg register`` reaches its
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from metareg.app import cli
+from metareg.core.outputs import _output_locks
 
 SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 
@@ -39,7 +39,7 @@ def test_a_run_waits_for_another_run_writing_the_same_outputs_then_writes_its_wh
     fixed, moving = SAMPLE / "brain2d_fixed.nii.gz", SAMPLE / "brain2d_moving.nii.gz"
     hashes = {path: sha256(path) for path in (fixed, moving)}
     warped, field, report = tmp_path / "warped.nii.gz", tmp_path / "field.nii.gz", tmp_path / "report.json"
-    with cli._output_locks([warped, field, report]):  # another run is writing this set now
+    with _output_locks([warped, field, report]):  # another run is writing this set now
         run = subprocess.Popen([sys.executable, "-m", "metareg.app.cli", "register", "--fixed", str(fixed),
                                 "--moving", str(moving), "--method", "iterative", "--iterations", "3,2,1",
                                 "--warped", str(warped), "--field", str(field), "--report", str(report), "--quiet"],
@@ -63,8 +63,8 @@ def test_output_locks_add_nothing_beside_the_outputs(tmp_path):
     """Two sets named in different orders take their locks in the same order (no deadlock), and the lock files live
     in the system's temporary folder, not beside the outputs."""
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
-    with cli._output_locks([a, b]):
+    with _output_locks([a, b]):
         pass
-    with cli._output_locks([b, a]):
+    with _output_locks([b, a]):
         pass
     assert list(tmp_path.iterdir()) == []
