@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "MetaRegistration"))
 
 from metareg.core.landmarks import Landmarks, read_landmarks, write_landmarks  # noqa: E402
-from metareg.core.geometry import map_points, warp_image  # noqa: E402
+from metareg.core.geometry import map_points, rotation_matrix, warp_image  # noqa: E402
 from metareg.core.modelio import sha256_of  # noqa: E402
 from metareg.learning.synthetic import invert_points, random_smooth_field  # noqa: E402
 
@@ -109,15 +109,6 @@ def unpack(name: str, archive: Path, work: Path) -> Path:
     else:
         subprocess.run(["dpkg-deb", "-x", str(archive), str(target)], check=True)
     return target
-
-
-def rotation_matrix(axis, angle_deg: float) -> np.ndarray:
-    """Rotation by ``angle_deg`` about ``axis`` (right-handed, Rodrigues), as a (3, 3) matrix."""
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
-    angle = math.radians(angle_deg)
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
 
 
 def voxel_centres_lps(image: sitk.Image) -> np.ndarray:

@@ -46,8 +46,11 @@ def adapt_network(
         if should_stop is not None and should_stop():
             raise Cancelled("registration cancelled")
         samples = draw(step)
-        fixed = torch.cat([sample[0] for sample in samples])
-        moving = torch.cat([sample[1] for sample in samples])
+        if len(samples) == 1:  # one pair (test-time adaptation): no batch to assemble
+            fixed, moving = samples[0][0], samples[0][1]
+        else:
+            fixed = torch.cat([sample[0] for sample in samples])
+            moving = torch.cat([sample[1] for sample in samples])
         if device is not None:
             fixed, moving = fixed.to(device), moving.to(device)
         optimiser.zero_grad(set_to_none=True)
